@@ -1,0 +1,54 @@
+# The two commands a user needs: `make train` and `make test`. Both set up .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.egra-installed
+ARGS ?=
+GPUS ?=
+DATASET ?= baby
+SWEEP ?= lambda_grid
+
+ifneq ($(strip $(GPUS)),)
+  TRAIN_DEVICES := trainer=ddp trainer.devices=$(GPUS)
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test lint format data bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# torch is pinned in the same pip command as lightning, or pip pulls a CUDA build.
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install the pinned CPU stack (about a minute)
+
+train: $(STAMP) ## Train on the built-in generated dataset (GPUS=N for DDP; ARGS="key=value ..." for overrides)
+	$(BIN)/egra-train $(TRAIN_DEVICES) $(ARGS)
+
+test: $(STAMP) ## Run the test suite on tiny generated data
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: $(STAMP) ## ruff format + autofix
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+data: $(STAMP) ## Place a real dataset: make data DATASET=baby|sports|clothing|elec
+	$(BIN)/python -m egra.data.fetch $(DATASET) --data-dir data
+
+bench: $(STAMP) ## Run the benchmarks in bench/ (writes bench/results/*.json)
+	$(BIN)/python bench/knn_graph.py
+	$(BIN)/python bench/train_throughput.py
+
+clean: ## Remove generated data, logs and artifacts (keeps .venv)
+	rm -rf data/synthetic logs artifacts outputs multirun

@@ -1,0 +1,22 @@
+"""``egra-pretrain backbone=mgcn|lightgcn|raw_features|random``: build or reuse an embedding artifact."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from egra.cli import config_dir, finish_wandb
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="pretrain")
+def main(cfg: DictConfig) -> None:
+    from egra.pipeline.pretrain import run
+
+    try:
+        run(cfg)
+    finally:
+        finish_wandb()
+
+
+if __name__ == "__main__":
+    main()

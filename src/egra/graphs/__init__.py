@@ -1,0 +1,20 @@
+"""Graph construction and sparse propagation (no model code here)."""
+
+from egra.graphs.adjacency import (
+    bipartite_adjacency,
+    interaction_matrix,
+    normalized_bipartite,
+    sym_normalize,
+    user_item_block,
+)
+from egra.graphs.sparse import SparseOp, scipy_to_torch_csr
+
+__all__ = [
+    "SparseOp",
+    "bipartite_adjacency",
+    "interaction_matrix",
+    "normalized_bipartite",
+    "scipy_to_torch_csr",
+    "sym_normalize",
+    "user_item_block",
+]

@@ -1,0 +1,165 @@
+"""Top-K ranking metrics with MMRec's exact formulas (full ranking, macro average over users).
+
+The evaluation loop works chunk by chunk: for ``B`` users it has ``topk`` (``[B, K]`` item
+ids in rank order) and the held-out items of those users as COO pairs ``(row, item)`` with
+``row`` in ``0..B-1``. Per chunk it computes per-metric *sums* over users
+(:func:`metric_sums` / :func:`chunk_metric_sums`), accumulates them with
+:func:`merge_sums`, and divides by the number of evaluated users at the end
+(:func:`means_from_sums`).
+
+Duplicated truth pairs: MMRec counts ``|T_u|`` by rows, so a repeated ``(u, i)`` row would
+count twice there. Here truth pairs are **deduplicated**: a hit counts once and ``|T_u|`` is
+the number of *distinct* relevant items (:func:`count_relevant`). For data without duplicate
+pairs (MMRec's released data have none) both conventions agree.
+
+Every ``topk`` row must hold distinct item ids (``torch.topk`` guarantees this); a repeated
+item would be counted as several hits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, MutableMapping
+
+import torch
+from torch import Tensor
+
+METRICS = ("Recall", "NDCG", "Precision", "MAP", "Hit")
+DEFAULT_KS = (5, 10, 20, 50)
+
+
+def _check_range(name: str, t: Tensor, upper: int) -> None:
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= upper):
+        raise ValueError(f"{name} must lie in [0, {upper}), got values in [{int(t.min())}, {int(t.max())}]")
+
+
+def truth_keys(truth_rows: Tensor, truth_items: Tensor, n_rows: int, n_items: int) -> Tensor:
+    """Sorted, deduplicated keys ``row * n_items + item`` (int64) of the truth pairs."""
+    rows = torch.as_tensor(truth_rows).long().reshape(-1)
+    items = torch.as_tensor(truth_items).long().reshape(-1).to(rows.device)
+    if rows.shape != items.shape:
+        raise ValueError(f"truth_rows and truth_items differ in length: {rows.numel()} vs {items.numel()}")
+    _check_range("truth_rows", rows, n_rows)
+    _check_range("truth_items", items, n_items)
+    return torch.unique(rows * n_items + items, sorted=True)
+
+
+def count_relevant(truth_rows: Tensor, truth_items: Tensor, n_rows: int, n_items: int) -> Tensor:
+    """``|T_u|`` for each of ``n_rows`` rows: the number of *distinct* truth items (int64 ``[n_rows]``)."""
+    keys = truth_keys(truth_rows, truth_items, n_rows, n_items)
+    return torch.bincount(keys // n_items, minlength=n_rows)
+
+
+def hit_matrix(topk: Tensor, truth_rows: Tensor, truth_items: Tensor, n_items: int) -> Tensor:
+    """``hit[b, j]`` = item ``topk[b, j]`` is a relevant item of row ``b`` (bool ``[B, K]``).
+
+    Vectorised: the truth pairs become sorted unique keys ``row * n_items + item`` and every
+    top-K entry is looked up with one ``searchsorted``. Truth pairs may be repeated (they are
+    deduplicated); they may be on another device than ``topk`` (moved to ``topk.device``).
+    """
+    if topk.dim() != 2:
+        raise ValueError(f"topk must be [B, K], got shape {tuple(topk.shape)}")
+    b, k = topk.shape
+    topk = topk.long()
+    _check_range("topk", topk, n_items)
+    keys = truth_keys(
+        torch.as_tensor(truth_rows).to(topk.device), torch.as_tensor(truth_items).to(topk.device), b, n_items
+    )
+    if keys.numel() == 0:
+        return torch.zeros((b, k), dtype=torch.bool, device=topk.device)
+    query = torch.arange(b, device=topk.device).unsqueeze(1) * n_items + topk
+    pos = torch.searchsorted(keys, query).clamp_(max=keys.numel() - 1)
+    return keys[pos] == query
+
+
+def metric_sums(hits: Tensor, n_relevant: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, Tensor]:
+    """Sums over the ``B`` users of a chunk of every metric at every cut-off (float64 scalars).
+
+    Keys are ``f"{name}@{k}"`` for ``name`` in :data:`METRICS` and ``k`` in ``ks``;
+    ``hits`` is ``[B, K]`` bool in rank order with ``K >= max(ks)``; ``n_relevant`` is
+    ``|T_u| > 0`` per user. MMRec's formulas, with ``h_j`` the hit at rank ``j``:
+
+    - Recall@K = ``Σ_{j≤K} h_j / |T_u|``; Precision@K = ``Σ_{j≤K} h_j / K``;
+    - NDCG@K = DCG/IDCG, ``DCG = Σ_{j≤K} h_j / log2(j+1)``,
+      ``IDCG = Σ_{j=1}^{min(|T_u|,K)} 1 / log2(j+1)``;
+    - MAP@K = ``(1 / min(|T_u|,K)) Σ_{j≤K} h_j · Precision@j``;
+    - Hit@K = 1 if any ``h_j = 1`` for ``j ≤ K``.
+    """
+    ks = tuple(int(k) for k in ks)
+    if hits.dim() != 2:
+        raise ValueError(f"hits must be [B, K], got shape {tuple(hits.shape)}")
+    b, kmax = hits.shape
+    if not ks or min(ks) < 1 or max(ks) > kmax:
+        raise ValueError(f"every cut-off must be in 1..{kmax} (the width of hits), got {ks}")
+    dev = hits.device
+    n_rel = torch.as_tensor(n_relevant).to(device=dev, dtype=torch.float64).reshape(-1)
+    if n_rel.numel() != b:
+        raise ValueError(f"n_relevant has {n_rel.numel()} entries for {b} users")
+    if b and bool((n_rel <= 0).any()):
+        raise ValueError("every user must have n_relevant > 0; leave users without held-out items out")
+
+    h = hits.to(torch.float64)
+    rank = torch.arange(1, kmax + 1, device=dev, dtype=torch.float64)
+    disc = 1.0 / torch.log2(rank + 1.0)
+    n_hits = h.cumsum(1)  # hits within the top j
+    dcg = (h * disc).cumsum(1)
+    idcg = disc.cumsum(0)  # idcg[m - 1] = ideal DCG of m relevant items
+    ap = (h * (n_hits / rank)).cumsum(1)
+
+    out: dict[str, Tensor] = {}
+    for k in ks:
+        hk = n_hits[:, k - 1]
+        m = torch.clamp(n_rel, max=float(k))  # min(|T_u|, K)
+        per_user = {
+            "Recall": hk / n_rel,
+            "NDCG": dcg[:, k - 1] / idcg[m.long() - 1],
+            "Precision": hk / k,
+            "MAP": ap[:, k - 1] / m,
+            "Hit": (hk > 0).to(torch.float64),
+        }
+        for name in METRICS:
+            out[f"{name}@{k}"] = per_user[name].sum()
+    return out
+
+
+def chunk_metric_sums(
+    topk: Tensor, truth_rows: Tensor, truth_items: Tensor, n_items: int, ks: Iterable[int] = DEFAULT_KS
+) -> tuple[dict[str, Tensor], int]:
+    """:func:`metric_sums` for one chunk straight from the truth pairs.
+
+    Returns ``(sums, n_users)`` where ``n_users`` counts the rows with at least one (distinct)
+    relevant item; the other rows are left out of the sums, as in MMRec.
+    """
+    b = topk.shape[0]
+    hits = hit_matrix(topk, truth_rows, truth_items, n_items)
+    n_rel = count_relevant(
+        torch.as_tensor(truth_rows).to(topk.device), torch.as_tensor(truth_items).to(topk.device), b, n_items
+    )
+    keep = n_rel > 0
+    return metric_sums(hits[keep], n_rel[keep], ks), int(keep.sum())
+
+
+def merge_sums(acc: MutableMapping[str, Tensor], new: Mapping[str, Tensor]) -> MutableMapping[str, Tensor]:
+    """Add ``new`` into ``acc`` in place (missing keys are created) and return ``acc``."""
+    for key, value in new.items():
+        acc[key] = acc[key] + value if key in acc else value.clone()
+    return acc
+
+
+def means_from_sums(sums: Mapping[str, Tensor], n_users: int) -> dict[str, float]:
+    """Macro averages ``sum / n_users`` as floats (NaN for every metric when ``n_users == 0``)."""
+    if n_users <= 0:
+        return {key: float("nan") for key in sums}
+    return {key: float(value) / n_users for key, value in sums.items()}
+
+
+def ranking_metrics(
+    topk: Tensor, truth_rows: Tensor, truth_items: Tensor, n_items: int, ks: Iterable[int] = DEFAULT_KS
+) -> dict[str, float]:
+    """Means over the users of one chunk that have at least one relevant item.
+
+    Not rounded (MMRec rounds to 4 decimals for display). NaN everywhere if no row has a
+    relevant item.
+    """
+    ks = tuple(ks)
+    sums, n_users = chunk_metric_sums(topk, truth_rows, truth_items, n_items, ks)
+    return means_from_sums(sums, n_users)

@@ -1,0 +1,262 @@
+"""MGCN (Yu et al., ACM MM 2023) as MMRec runs it: multi-view graph convolution.
+
+Written from the protocol's description (``mmrec-protocol.md`` sections e and f):
+
+* content (behavior) view ``C``: LightGCN on the normalised user-item graph, mean of
+  layers ``0..n_ui_layers``;
+* per modality ``m``: projection ``F_m = X_m W_mᵀ + b_m`` of the (trainable) raw
+  features, purifier ``Ĥ_m = E_I ⊙ σ(G_m F_m)``, item-item propagation
+  ``H_m^I = S_m^{n_layers} Ĥ_m`` on the fixed kNN graph, users ``H_m^U = R̂ H_m^I``;
+* fuser: softmax attention over modalities gives the common part ``H_c``; the specific
+  parts ``H_m − H_c`` are gated by ``σ(P_m C)``; ``S = (Σ_m H̃_m + H_c) / (M + 1)``
+  (``/3`` for two modalities, as in MGCN);
+* final ``Z = C + S``.
+
+Loss: BPR on ``Z`` + ``reg_weight · ½ Σ‖Z rows‖² / reg_denominator`` + ``cl_loss ·
+(NCE(S_I[i⁺], C_I[i⁺]) + NCE(S_U[u], C_U[u]))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite, user_item_block
+from egra.graphs.knn import knn_graph
+from egra.models.base import Recommender
+from egra.models.lightgcn import propagate_mean
+from egra.models.losses import bpr_loss, info_nce, l2_squared
+
+
+class MGCNViews(NamedTuple):
+    """Node representations of one forward pass; every tensor is ``[U + I, d]``.
+
+    ``content`` is the behavior view ``C``, ``side`` the fused modality view ``S``,
+    ``fused`` the final ``Z = C + S`` and ``modal[m]`` the per-modality ``H_m`` before
+    the fuser. Users come first (rows ``:U``), items after.
+    """
+
+    content: Tensor
+    side: Tensor
+    fused: Tensor
+    modal: dict[str, Tensor]
+
+
+def _as_float_tensor(x) -> Tensor:
+    """A float32 copy that owns its memory (training must not write into the caller's array)."""
+    if isinstance(x, Tensor):
+        return x.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
+    return torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
+
+
+class MGCN(Recommender):
+    """Multi-View Graph Convolutional Network, faithful to MMRec's ``MGCN``.
+
+    ``modalities`` defaults to the sorted keys of ``features``; one modality works (the
+    fuser then has a single attention weight of 1 and ``S = H_c / 2``).
+    With ``train_features=True`` (MMRec's behaviour) the raw feature tables are
+    parameters ``feat_<m>``; otherwise they are non-persistent buffers.
+    The kNN graphs are built once from the initial features and stay fixed.
+    """
+
+    VIEWS = ("fused", "id", "modality")
+
+    def __init__(
+        self,
+        *,
+        n_users: int,
+        n_items: int,
+        train_users: np.ndarray,
+        train_items: np.ndarray,
+        features: Mapping[str, np.ndarray | Tensor] | None = None,
+        embedding_dim: int = 64,
+        n_ui_layers: int = 2,
+        n_layers: int = 1,
+        knn_k: int = 10,
+        reg_weight: float = 1e-4,
+        cl_loss: float = 0.01,
+        tau: float = 0.2,
+        reg_denominator: float = 2048,
+        train_features: bool = True,
+        modalities: Sequence[str] | None = None,
+        knn_device: str = "auto",
+    ):
+        super().__init__()
+        if not features:
+            raise ValueError("MGCN needs at least one modality: `features` is empty or None")
+        if modalities is None:
+            modalities = sorted(features)
+        modalities = list(modalities)
+        if not modalities:
+            raise ValueError("MGCN needs at least one modality: `modalities` is empty")
+        missing = [m for m in modalities if m not in features]
+        if missing:
+            raise ValueError(f"modalities {missing} not in features (have {sorted(features)})")
+
+        self.n_users, self.n_items = int(n_users), int(n_items)
+        self.embedding_dim = embedding_dim
+        self.n_ui_layers, self.n_layers = n_ui_layers, n_layers
+        self.knn_k = knn_k
+        self.reg_weight, self.cl_loss, self.tau = reg_weight, cl_loss, tau
+        self.reg_denominator = float(reg_denominator)
+        self.train_features = train_features
+        self.modalities = tuple(modalities)
+
+        d = embedding_dim
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, d)))
+
+        # Graphs: normalised user-item adjacency and its user x item block R̂.
+        r = interaction_matrix(train_users, train_items, self.n_users, self.n_items)
+        a_norm = normalized_bipartite(r)
+        self.adj = SparseOp(a_norm)
+        self.r_hat = SparseOp(user_item_block(a_norm, self.n_users))
+
+        self.proj = nn.ModuleDict()
+        self.purifier = nn.ModuleDict()
+        self.prefer = nn.ModuleDict()
+        self.item_graphs = nn.ModuleDict()
+        for m in self.modalities:
+            x = _as_float_tensor(features[m])
+            if x.ndim != 2 or x.shape[0] != self.n_items:
+                raise ValueError(f"features[{m!r}] has shape {tuple(x.shape)}, expected ({self.n_items}, d)")
+            self.item_graphs[m] = SparseOp(knn_graph(x.numpy(), knn_k, device=knn_device))
+            if train_features:
+                self.register_parameter(f"feat_{m}", nn.Parameter(x))
+            else:
+                self.register_buffer(f"feat_{m}", x, persistent=False)
+            self.proj[m] = nn.Linear(x.shape[1], d)
+            self.purifier[m] = nn.Linear(d, d)
+            self.prefer[m] = nn.Linear(d, d)
+        # Shared attention scorer q(x) = w₂ᵀ tanh(W₁x + b₁).
+        self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
+
+    # ----------------------------------------------------------------- pieces
+    def feature(self, m: str) -> Tensor:
+        """Raw feature table ``X_m`` (``[I, d_m]``; a parameter when trainable)."""
+        return getattr(self, f"feat_{m}")
+
+    def content_view(self) -> Tensor:
+        """``C = mean_{l=0..L} Â^l [E_U; E_I]`` — ``[U + I, d]``."""
+        x0 = torch.cat([self.user_emb, self.item_emb], dim=0)
+        return propagate_mean(self.adj, x0, self.n_ui_layers)
+
+    def purified(self, m: str) -> Tensor:
+        """``Ĥ_m = E_I ⊙ σ(G_m(X_m W_mᵀ + b_m))`` — ``[I, d]``."""
+        f = self.proj[m](self.feature(m))
+        return self.item_emb * torch.sigmoid(self.purifier[m](f))
+
+    def item_modality_view(self, m: str) -> Tensor:
+        """``H_m^I = S_m^{n_layers} Ĥ_m`` — ``[I, d]``."""
+        h = self.purified(m)
+        graph = self.item_graphs[m]
+        for _ in range(self.n_layers):
+            h = graph(h)
+        return h
+
+    def modality_view(self, m: str) -> Tensor:
+        """``H_m = [R̂ H_m^I; H_m^I]`` — ``[U + I, d]``."""
+        h = self.item_modality_view(m)
+        return torch.cat([self.r_hat(h), h], dim=0)
+
+    def fuse(self, content: Tensor, modal: Mapping[str, Tensor]) -> Tensor:
+        """Behavior-aware fuser, row by row: ``S = (Σ_m σ(P_m C) ⊙ (H_m − H_c) + H_c) / (M + 1)``.
+
+        ``content`` and every ``modal[m]`` hold the same rows (any subset of nodes).
+        """
+        stacked = torch.stack([modal[m] for m in self.modalities], dim=0)  # [M, N, d]
+        att = torch.softmax(self.query(stacked), dim=0)  # [M, N, 1]: softmax over modalities
+        common = (att * stacked).sum(dim=0)
+        # all preference gates in one product: [N, M·d]
+        gates = torch.sigmoid(
+            F.linear(
+                content,
+                torch.cat([self.prefer[m].weight for m in self.modalities], dim=0),
+                torch.cat([self.prefer[m].bias for m in self.modalities], dim=0),
+            )
+        )
+        gates = gates.view(content.shape[0], len(self.modalities), -1).transpose(0, 1)  # [M, N, d]
+        side = common + (gates * (stacked - common)).sum(dim=0)
+        return side / (len(self.modalities) + 1)
+
+    def views(self, users: Tensor | None = None, items: Tensor | None = None) -> MGCNViews:
+        """Content ``C``, side ``S``, final ``Z`` and per-modality ``H_m`` of some nodes.
+
+        Without arguments: every node, ``[U + I, d]`` with users first. With ``users``
+        and/or ``items`` (id tensors, repeats allowed): the rows ``users`` followed by the
+        rows ``items``. The graphs are always propagated in full; the fuser, which works
+        row by row, only runs on the requested rows (that is what makes a training step
+        cheap: a batch touches a few thousand of the ``U + I`` rows).
+        """
+        content = self.content_view()
+        items_h = {m: self.item_modality_view(m) for m in self.modalities}
+        users_h = {m: self.r_hat(h) for m, h in items_h.items()}
+        if users is None and items is None:
+            modal = {m: torch.cat([users_h[m], items_h[m]], dim=0) for m in self.modalities}
+        else:
+            parts_c, parts_m = [], {m: [] for m in self.modalities}
+            if users is not None:
+                parts_c.append(content[users])
+                for m in self.modalities:
+                    parts_m[m].append(users_h[m][users])
+            if items is not None:
+                parts_c.append(content[items + self.n_users])
+                for m in self.modalities:
+                    parts_m[m].append(items_h[m][items])
+            content = torch.cat(parts_c, dim=0) if len(parts_c) > 1 else parts_c[0]
+            modal = {m: torch.cat(p, dim=0) if len(p) > 1 else p[0] for m, p in parts_m.items()}
+        side = self.fuse(content, modal)
+        return MGCNViews(content=content, side=side, fused=content + side, modal=modal)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``[U + I, d]`` → ``(users [U, d], items [I, d])``."""
+        return x[: self.n_users], x[self.n_users :]
+
+    # -------------------------------------------------------------- contract
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        return self.split(self.views().fused)
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        b = users.shape[0]
+        v = self.views(users, torch.cat([pos, neg]))
+        u, p, n = v.fused[:b], v.fused[b : 2 * b], v.fused[2 * b :]
+        bpr = bpr_loss(u, p, n)
+        reg = self.reg_weight * l2_squared(u, p, n, denom=self.reg_denominator)
+        total = bpr + reg
+        if self.cl_loss != 0:
+            c, s = v.content, v.side
+            cl = self.cl_loss * (
+                info_nce(s[b : 2 * b], c[b : 2 * b], self.tau) + info_nce(s[:b], c[:b], self.tau)
+            )
+            total = total + cl
+        else:
+            cl = torch.zeros((), device=total.device)
+        return {"loss": total, "bpr": bpr.detach(), "reg": reg.detach(), "cl": cl.detach()}
+
+    @torch.no_grad()
+    def representations(self, view: str = "fused") -> tuple[Tensor, Tensor]:
+        """Detached ``(users, items)`` of one view, computed in eval mode.
+
+        ``"fused"``: ``Z``; ``"id"``: the behavior/content view ``C``; ``"modality"``:
+        the side view ``S``.
+        """
+        if view not in self.VIEWS:
+            raise ValueError(f"view must be one of {self.VIEWS}, got {view!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            v = self.views()
+        finally:
+            self.train(was_training)
+        x = {"fused": v.fused, "id": v.content, "modality": v.side}[view]
+        u, i = self.split(x.detach())
+        return u, i
+
+    def item_representations(self, view: str = "fused") -> Tensor:
+        """Detached item vectors for export: ``Z_I`` (fused), ``C_I`` (id) or ``S_I`` (modality)."""
+        return self.representations(view)[1]

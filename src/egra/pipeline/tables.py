@@ -1,0 +1,34 @@
+"""Plain-text result tables for the terminal and Markdown reports."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+METRIC_ORDER = ("Recall", "NDCG", "Precision", "MAP", "Hit")
+
+
+def metrics_table(
+    metrics: Mapping[str, float], prefix: str = "test", ks: Sequence[int] = (5, 10, 20, 50)
+) -> str:
+    """One row per metric, one column per K, for keys ``{prefix}/{Metric}@{K}``."""
+    names = [m for m in METRIC_ORDER if any(f"{prefix}/{m}@{k}" in metrics for k in ks)]
+    header = f"{prefix:<10}" + "".join(f"{'@' + str(k):>9}" for k in ks)
+    lines = [header, "-" * len(header)]
+    for name in names:
+        cells = "".join(
+            f"{metrics[f'{prefix}/{name}@{k}']:>9.4f}" if f"{prefix}/{name}@{k}" in metrics else f"{'':>9}"
+            for k in ks
+        )
+        lines.append(f"{name:<10}{cells}")
+    return "\n".join(lines)
+
+
+def comparison_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> str:
+    """Markdown table: one row per named result, one column per metric key."""
+    head = "| run | " + " | ".join(columns) + " |"
+    sep = "|---|" + "|".join("---:" for _ in columns) + "|"
+    body = []
+    for name, m in rows.items():
+        cells = " | ".join(f"{m[c]:.4f}" if isinstance(m.get(c), (int, float)) else "" for c in columns)
+        body.append(f"| {name} | {cells} |")
+    return "\n".join([head, sep, *body])

@@ -1,0 +1,155 @@
+"""The train stage: data -> model -> Lightning fit -> best-checkpoint valid/test -> metrics.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from egra.metrics import popularity_groups
+from egra.pipeline.io import git_revision, read_json, write_json
+from egra.pipeline.tables import metrics_table
+from egra.training.module import RecommenderModule
+
+log = logging.getLogger(__name__)
+
+
+def _callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
+    ]
+
+
+def _loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+
+
+def _resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, ""):
+        return None
+    if ckpt == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if last.exists():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=last but %s does not exist yet: starting fresh", last)
+        return None
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file")
+    return str(ckpt)
+
+
+def build_module(cfg: DictConfig, dm, net) -> RecommenderModule:
+    groups = popularity_groups(dm.data.item_train_counts(), int(cfg.eval.n_pop_groups))
+    return RecommenderModule(
+        net=net,
+        optimizer=instantiate(cfg.optim.optimizer),
+        lr_decay=tuple(cfg.optim.lr_decay),
+        ks=tuple(cfg.eval.ks),
+        item_groups=torch.as_tensor(groups),
+        group_ks=tuple(cfg.eval.group_ks),
+    )
+
+
+def build_net(cfg: DictConfig, dm, extra_inputs: dict[str, Any] | None = None):
+    factory = instantiate(cfg.model)
+    return factory(**dm.model_inputs(), **(extra_inputs or {}))
+
+
+def setup_run(cfg: DictConfig) -> None:
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(int(cfg.seed), workers=True)
+
+
+def load_data(cfg: DictConfig):
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    log.info("data: %s", dm.data.summary())
+    return dm
+
+
+def fit_and_evaluate(cfg: DictConfig, dm, net, out_dir: Path) -> tuple[RecommenderModule, dict[str, Any]]:
+    """Fit with early stopping, then valid and test on the best-valid checkpoint.
+
+    Returns the module (holding the best weights) and the flat metrics dict. Writes
+    ``out_dir/metrics.json`` on rank 0.
+    """
+    t_start = time.perf_counter()
+    module = build_module(cfg, dm, net)
+    callbacks = _callbacks(cfg)
+    loggers = _loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(module, datamodule=dm, ckpt_path=_resolve_ckpt(cfg, out_dir))
+    fit_s = time.perf_counter() - t_start
+    best_epoch = module.best_epoch
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    # Best-valid epoch's weights, then valid and test on them (= MMRec's "test at best valid").
+    valid = trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
+
+    metrics: dict[str, Any] = {k: float(v) for k, v in {**valid, **test}.items()}
+    metrics.update(
+        {
+            "best_epoch": int(best_epoch),
+            "epochs_run": int(trainer.current_epoch),
+            "fit_time_s": round(fit_s, 3),
+            "model": str(cfg.model._target_).rsplit(".", 1)[-1],
+            "dataset": dm.data.name,
+            "dataset_fingerprint": dm.data.fingerprint(),
+            "seed": int(cfg.seed),
+            "git_revision": git_revision(),
+        }
+    )
+    if trainer.is_global_zero:
+        for lg in loggers:
+            lg.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+    return module, metrics
+
+
+def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; write and return ``metrics.json``'s content.
+
+    Models that train on a pretrained item-item graph (EGRA) get it from the pretrain
+    and graph stages first (cached artifacts).
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(cfg.paths.output_dir)
+    metrics_path = out_dir / "metrics.json"
+    if cfg.get("skip_if_done", False) and metrics_path.exists() and cfg.get("ckpt_path") in (None, ""):
+        log.info("%s exists: skipping finished run", metrics_path)
+        return read_json(metrics_path)
+    setup_run(cfg)
+    dm = load_data(cfg)
+    extra = dict(extra_inputs or {})
+    stage_info: dict[str, Any] = {}
+    if "graph_source" in cfg.model and "item_graph" not in extra:
+        from egra.pipeline.graph import pretrained_item_graph
+
+        extra["item_graph"], stage_info = pretrained_item_graph(cfg, dm)
+    net = build_net(cfg, dm, extra)
+    module, metrics = fit_and_evaluate(cfg, dm, net, out_dir)
+    metrics.update(stage_info)
+    metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    if rank_zero_only.rank == 0:
+        write_json(metrics_path, metrics)
+        OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+        print(
+            f"\n{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']}, "
+            f"{metrics['fit_time_s']:.1f}s training"
+        )
+        print(metrics_table(metrics, "test", tuple(cfg.eval.ks)))
+        print(f"results: {metrics_path}")
+    return metrics
