@@ -271,7 +271,9 @@ def _diagnose(path: Path, cols: list[str], use: list[str], error: Exception) -> 
             )
         for c, j in positions.items():
             if not _is_integer(fields[j].strip()):
-                raise DataError(f"{path} line {line_no}, column {c}: expected an integer, got {_show(fields[j])}")
+                raise DataError(
+                    f"{path} line {line_no}, column {c}: expected an integer, got {_show(fields[j])}"
+                )
     if n_rows == len(body):
         raise DataError(f"{path}: cannot parse file: {_one_line(error)}") from error
     return n_rows
@@ -372,7 +374,9 @@ def _load_features(path: Path, n_items: int) -> np.ndarray:
     except OSError as e:
         raise DataError(f"{path}: cannot read feature file: {_one_line(e)}") from e
     if magic != _NPY_MAGIC:
-        raise DataError(f"{path}: not a .npy file (bad magic bytes); expected a float array saved with np.save")
+        raise DataError(
+            f"{path}: not a .npy file (bad magic bytes); expected a float array saved with np.save"
+        )
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -387,7 +391,9 @@ def _load_features(path: Path, n_items: int) -> np.ndarray:
     if not isinstance(arr, np.ndarray):  # pragma: no cover - magic check rules out npz
         raise DataError(f"{path}: expected a single array, got {type(arr).__name__}")
     if arr.dtype.kind != "f":
-        raise DataError(f"{path}: dtype {arr.dtype} is not a float type; expected a float array [{n_items}, d]")
+        raise DataError(
+            f"{path}: dtype {arr.dtype} is not a float type; expected a float array [{n_items}, d]"
+        )
     if arr.ndim != 2:
         raise DataError(f"{path}: expected a 2-D array [{n_items}, d], got shape {arr.shape}")
     if arr.shape[0] != n_items:

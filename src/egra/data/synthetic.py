@@ -416,6 +416,8 @@ def ensure_synthetic(root_dir: str | os.PathLike, preset: str | SyntheticConfig,
     return folder
 
 
-def load_synthetic(root_dir: str | os.PathLike, preset: str | SyntheticConfig, seed: int, **kwargs) -> Interactions:
+def load_synthetic(
+    root_dir: str | os.PathLike, preset: str | SyntheticConfig, seed: int, **kwargs
+) -> Interactions:
     """``load_mmrec(ensure_synthetic(root_dir, preset, seed), **kwargs)``."""
     return load_mmrec(ensure_synthetic(root_dir, preset, seed), **kwargs)

@@ -1,7 +1,8 @@
 """Plain ``nn.Module`` recommenders (no Lightning, Hydra or W&B in here)."""
 
 from egra.models.base import Recommender
+from egra.models.egra import EGRA
 from egra.models.lightgcn import BPRMF, LightGCN
-from egra.models.mgcn import MGCN, MGCNViews
+from egra.models.mgcn import MGCN
 
-__all__ = ["BPRMF", "MGCN", "LightGCN", "MGCNViews", "Recommender"]
+__all__ = ["BPRMF", "EGRA", "MGCN", "LightGCN", "Recommender"]

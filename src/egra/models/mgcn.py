@@ -30,7 +30,7 @@ from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite, user
 from egra.graphs.knn import knn_graph
 from egra.models.base import Recommender
 from egra.models.lightgcn import propagate_mean
-from egra.models.losses import bpr_loss, info_nce, l2_squared
+from egra.models.losses import bpr_loss, info_nce_counts, l2_squared
 
 
 class MGCNViews(NamedTuple):
@@ -222,17 +222,28 @@ class MGCN(Recommender):
         return self.split(self.views().fused)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """BPR + squared-L2 on the batch rows of ``Z`` + ``cl_loss`` · (item NCE + user NCE).
+
+        The fuser runs on the batch's distinct users and items only, and each InfoNCE on
+        distinct rows with multiplicities (:func:`info_nce_counts`): the same numbers as
+        with per-position rows, where a repeated id is its own false negative.
+        """
         b = users.shape[0]
-        v = self.views(users, torch.cat([pos, neg]))
-        u, p, n = v.fused[:b], v.fused[b : 2 * b], v.fused[2 * b :]
+        uu, u_inv, u_cnt = torch.unique(users, return_inverse=True, return_counts=True)
+        ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        nu = uu.shape[0]
+        v = self.views(uu, ii)
+        z_u, z_i = v.fused[:nu], v.fused[nu:]
+        u, p, n = z_u[u_inv], z_i[i_inv[:b]], z_i[i_inv[b:]]
         bpr = bpr_loss(u, p, n)
         reg = self.reg_weight * l2_squared(u, p, n, denom=self.reg_denominator)
         total = bpr + reg
         if self.cl_loss != 0:
-            c, s = v.content, v.side
-            cl = self.cl_loss * (
-                info_nce(s[b : 2 * b], c[b : 2 * b], self.tau) + info_nce(s[:b], c[:b], self.tau)
-            )
+            p_rows, p_cnt = torch.unique(i_inv[:b], return_counts=True)
+            p_rows = p_rows + nu
+            cl_items = info_nce_counts(v.side[p_rows], v.content[p_rows], self.tau, p_cnt)
+            cl_users = info_nce_counts(v.side[:nu], v.content[:nu], self.tau, u_cnt)
+            cl = self.cl_loss * (cl_items + cl_users)
             total = total + cl
         else:
             cl = torch.zeros((), device=total.device)

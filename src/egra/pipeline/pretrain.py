@@ -62,7 +62,7 @@ def _train_backbone(cfg: DictConfig, name: str, dm, work_dir) -> tuple[dict[str,
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
         sub.model = bcfg.model
-        sub.optim.lr_decay = list(bcfg.lr_decay)
+        sub.optim.lr_decay = list(bcfg.lr_decay) if bcfg.get("lr_decay") else None
         sub.trainer.max_epochs = int(bcfg.max_epochs)
         sub.seed = int(bcfg.seed)
         sub.paths.output_dir = str(work_dir)

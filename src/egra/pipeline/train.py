@@ -52,16 +52,27 @@ def build_module(cfg: DictConfig, dm, net) -> RecommenderModule:
     return RecommenderModule(
         net=net,
         optimizer=instantiate(cfg.optim.optimizer),
-        lr_decay=tuple(cfg.optim.lr_decay),
+        lr_decay=lr_decay(cfg),
         ks=tuple(cfg.eval.ks),
         item_groups=torch.as_tensor(groups),
         group_ks=tuple(cfg.eval.group_ks),
     )
 
 
+# Keys of a model config that configure its training recipe, not its constructor.
+RECIPE_KEYS = ("lr_decay",)
+
+
 def build_net(cfg: DictConfig, dm, extra_inputs: dict[str, Any] | None = None):
-    factory = instantiate(cfg.model)
+    mcfg = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in RECIPE_KEYS])
+    factory = instantiate(mcfg)
     return factory(**dm.model_inputs(), **(extra_inputs or {}))
+
+
+def lr_decay(cfg: DictConfig) -> tuple[float, float]:
+    """``optim.lr_decay`` if set, else the model's recipe (MGCN/EGRA: MMRec's [0.96, 50]), else constant."""
+    value = cfg.optim.get("lr_decay") or cfg.model.get("lr_decay") or (1.0, 50.0)
+    return float(value[0]), float(value[1])
 
 
 def setup_run(cfg: DictConfig) -> None:

@@ -52,7 +52,9 @@ class RecommenderModule(L.LightningModule):
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}")
-        logs = {"train/loss": loss.detach(), **{f"train/loss_{k}": v for k, v in out.items() if k != "loss"}}
+        # "term" -> train/loss_term; a key with a "/" ("align/weight_mean") is logged as is.
+        logs = {"train/loss": loss.detach()}
+        logs.update({(k if "/" in k else f"train/loss_{k}"): v for k, v in out.items() if k != "loss"})
         self.log_dict(logs, on_step=False, on_epoch=True, batch_size=users.shape[0])
         return loss
 

@@ -1,0 +1,181 @@
+"""EGRA: enhanced behavior graph + bi-level weighted representation alignment.
+
+Zhang et al., "EGRA: Toward Enhanced Behavior Graphs and Representation Alignment for
+Multimodal Recommendation" (arXiv 2508.16170), in the reading of ``egra-method.md``:
+
+* behavior view ``E^b``: LightGCN (mean of layers ``0..L_b``) on
+  ``Â_e = norm([[0, R], [Rᵀ, β·S^pt]])``, where ``S^pt`` is the top-``k_pt`` item-item
+  graph of a pretrained backbone's item vectors;
+* per modality: ``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` (behavior-corrected feature), ``L_m``
+  layers on the raw-feature kNN graph ``S^m``, users ``R̂ Z_m`` (plain user-item block);
+* fusion as MGCN's: shared part by attention, specific parts gated by ``σ(W_p,m E^b)``,
+  ``E^mm = (C + Σ_m P_m ⊙ S_m) / (|M| + 1)``; prediction from ``E = E^b + E^mm``.
+
+Loss: ``BPR + λ(t)·L_align + η·L2``. ``L_align`` is InfoNCE between the behavior and
+modality views of the batch's users and positive items, each entity weighted by
+``w = n·softmax(∓cos(e^b, e^mm)/τ_w)`` (no gradient). ``λ(t)`` is set from outside each
+epoch (``align_weight``; see ``egra.training.callbacks.AlignmentSchedule``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import Tensor, nn
+
+from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite
+from egra.models.losses import bpr_loss, info_nce, l2_squared
+from egra.models.mgcn import MGCN
+
+WEIGHTING_MODES = ("misaligned_up", "aligned_up", "uniform")
+RAMPS = ("linear", "cosine", "step")
+
+
+def entity_weights(alignment: Tensor, mode: str, tau_w: float) -> Tensor:
+    """Per-entity weights with mean 1: ``n · softmax(−a/τ_w)`` pulls misaligned ones harder."""
+    n = alignment.shape[0]
+    if mode == "uniform":
+        return torch.ones_like(alignment)
+    if mode == "misaligned_up":
+        return n * torch.softmax(-alignment / tau_w, dim=0)
+    if mode == "aligned_up":
+        return n * torch.softmax(alignment / tau_w, dim=0)
+    raise ValueError(f"entity_weighting must be one of {WEIGHTING_MODES}, got {mode!r}")
+
+
+def weighted_nce(
+    behavior: Tensor, modality: Tensor, tau: float, mode: str, tau_w: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``Σ w·NCE_τ(e^b, e^mm) / Σ w`` with weights from the detached alignment degree.
+
+    Returns (loss, weights, alignment degrees).
+    """
+    with torch.no_grad():
+        a = torch.nn.functional.cosine_similarity(behavior, modality, dim=-1)
+        w = entity_weights(a, mode, tau_w)
+    per_row = info_nce(behavior, modality, tau, reduction="none")
+    return (w * per_row).sum() / w.sum(), w, a
+
+
+class EGRA(MGCN):
+    """EGRA on top of MGCN's modality encoders and fuser (see module docstring).
+
+    ``item_graph`` is ``S^pt`` (``[I, I]`` sparse, unnormalised) or None for EGRA without
+    the enhanced graph. ``graph_source``, ``k_pt``, ``pt_symmetric``, ``pt_weighted`` say how
+    the pipeline built it; they are recorded here so a checkpoint's config is complete.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_users: int,
+        n_items: int,
+        train_users: np.ndarray,
+        train_items: np.ndarray,
+        features: Mapping[str, np.ndarray | Tensor] | None = None,
+        item_graph: sp.spmatrix | None = None,
+        embedding_dim: int = 64,
+        n_behavior_layers: int = 2,
+        n_modality_layers: int = 1,
+        knn_k: int = 10,
+        beta: float = 1.0,
+        lambda_min: float = 0.001,
+        lambda_max: float = 0.1,
+        P: int = 10,
+        ramp: str = "linear",
+        tau_u: float = 0.2,
+        tau_i: float = 0.2,
+        tau_w: float = 1.0,
+        entity_weighting: str = "misaligned_up",
+        cross_pairs: bool = False,
+        reg_weight: float = 1e-4,
+        reg_denominator: float = 2048,
+        train_features: bool = True,
+        modalities: Sequence[str] | None = None,
+        knn_device: str = "auto",
+        graph_source: str = "mgcn",
+        k_pt: int = 10,
+        pt_symmetric: bool = True,
+        pt_weighted: bool = False,
+    ):
+        super().__init__(
+            n_users=n_users,
+            n_items=n_items,
+            train_users=train_users,
+            train_items=train_items,
+            features=features,
+            embedding_dim=embedding_dim,
+            n_ui_layers=n_behavior_layers,
+            n_layers=n_modality_layers,
+            knn_k=knn_k,
+            reg_weight=reg_weight,
+            cl_loss=0.0,
+            reg_denominator=reg_denominator,
+            train_features=train_features,
+            modalities=modalities,
+            knn_device=knn_device,
+        )
+        if entity_weighting not in WEIGHTING_MODES:
+            raise ValueError(f"entity_weighting must be one of {WEIGHTING_MODES}, got {entity_weighting!r}")
+        if ramp not in RAMPS:
+            raise ValueError(f"ramp must be one of {RAMPS}, got {ramp!r}")
+        # EGRA's modality input is one gate on the raw projection: no separate purifier.
+        self.purifier = nn.ModuleDict()
+        self.beta = float(beta)
+        self.lambda_min, self.lambda_max, self.P, self.ramp = (
+            float(lambda_min),
+            float(lambda_max),
+            int(P),
+            ramp,
+        )
+        self.tau_u, self.tau_i, self.tau_w = float(tau_u), float(tau_i), float(tau_w)
+        self.entity_weighting = entity_weighting
+        self.cross_pairs = bool(cross_pairs)
+        self.graph_source, self.k_pt = graph_source, int(k_pt)
+        self.pt_symmetric, self.pt_weighted = bool(pt_symmetric), bool(pt_weighted)
+        #: λ(t), set at every epoch start by the schedule callback; λ_max until then.
+        self.align_weight = self.lambda_max
+        self.has_item_graph = item_graph is not None and self.beta != 0 and sp.csr_matrix(item_graph).nnz > 0
+        if self.has_item_graph:
+            r = interaction_matrix(train_users, train_items, self.n_users, self.n_items)
+            self.adj = SparseOp(normalized_bipartite(r, item_graph, self.beta))
+
+    def purified(self, m: str) -> Tensor:
+        """``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` — ``[I, d]``."""
+        return self.item_emb * torch.sigmoid(self.proj[m](self.feature(m)))
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        b = users.shape[0]
+        v = self.views(users, torch.cat([pos, neg]))
+        u, p, n = v.fused[:b], v.fused[b : 2 * b], v.fused[2 * b :]
+        bpr = bpr_loss(u, p, n)
+        reg = self.reg_weight * l2_squared(u, p, n, denom=self.reg_denominator)
+        out = {"bpr": bpr.detach(), "reg": reg.detach()}
+        total = bpr + reg
+        lam = float(self.align_weight)
+        if lam != 0.0:
+            eb, emm = v.content, v.side  # behavior view E^b and modality view E^mm
+            mode, tw = self.entity_weighting, self.tau_w
+            l_u, w_u, a_u = weighted_nce(eb[:b], emm[:b], self.tau_u, mode, tw)
+            l_i, w_i, a_i = weighted_nce(eb[b : 2 * b], emm[b : 2 * b], self.tau_i, mode, tw)
+            align = l_u + l_i
+            if self.cross_pairs:
+                # (user behavior, interacted item modality) as extra positive pairs.
+                align = align + info_nce(eb[:b], emm[b : 2 * b], self.tau_u)
+            total = total + lam * align
+            w = torch.cat([w_u, w_i])
+            out.update(
+                {
+                    "align": align.detach(),
+                    "align/weight_mean": w.mean(),
+                    "align/weight_min": w.min(),
+                    "align/weight_max": w.max(),
+                    "align/degree_user": a_u.mean(),
+                    "align/degree_item": a_i.mean(),
+                }
+            )
+        out["loss"] = total
+        return out

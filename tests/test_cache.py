@@ -1,0 +1,125 @@
+"""Artifact cache and the pretrain -> graph stages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from egra.pipeline.cache import ArtifactCache, artifact_key
+
+
+def _builder(calls, value=1.0):
+    def build():
+        calls.append(1)
+        return {"items": np.full((4, 3), value, dtype=np.float32)}, {"note": "x"}
+
+    return build
+
+
+def test_key_is_order_independent_and_input_sensitive():
+    assert artifact_key(a=1, b={"x": 1, "y": 2}) == artifact_key(b={"y": 2, "x": 1}, a=1)
+    assert artifact_key(a=1) != artifact_key(a=2)
+
+
+def test_hit_miss_and_corruption(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    calls = []
+    a = cache.get_or_build("emb", "k1", _builder(calls))
+    b = cache.get_or_build("emb", "k1", _builder(calls))
+    assert len(calls) == 1 and b.reused and not a.reused
+    np.testing.assert_array_equal(b.array("items"), np.ones((4, 3), dtype=np.float32))
+    cache.get_or_build("emb", "k2", _builder(calls))
+    assert len(calls) == 2
+
+    # A corrupted file (content no longer matches the manifest) is rebuilt, not used.
+    path = a.path / "items.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    c = cache.get_or_build("emb", "k1", _builder(calls, 2.0))
+    assert len(calls) == 3 and not c.reused
+    np.testing.assert_array_equal(c.array("items"), np.full((4, 3), 2.0, dtype=np.float32))
+
+    # A partial artifact (killed before its manifest was written) is rebuilt.
+    (c.path / "manifest.json").unlink()
+    cache.get_or_build("emb", "k1", _builder(calls))
+    assert len(calls) == 4
+    # An unreadable manifest too.
+    (c.path / "manifest.json").write_text("{not json")
+    cache.get_or_build("emb", "k1", _builder(calls))
+    assert len(calls) == 5
+
+
+def test_arrays_never_unpickled(tmp_path):
+    cache = ArtifactCache(tmp_path)
+    art = cache.get_or_build("emb", "k", _builder([]))
+    obj = np.array([{"a": 1}], dtype=object)
+    np.save(art.path / "items.npy", obj, allow_pickle=True)
+    # Make the manifest agree with the planted file so only allow_pickle=False protects us.
+    import hashlib
+
+    m = json.loads((art.path / "manifest.json").read_text())
+    m["files"]["items"] = hashlib.sha256((art.path / "items.npy").read_bytes()).hexdigest()
+    (art.path / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="pickle"):
+        cache.get("emb", "k").array("items")
+
+
+@pytest.mark.slow
+def test_pretrain_and_graph_stages_reuse_and_rekey(cfg_factory):
+    from hydra.utils import instantiate
+
+    from egra.pipeline.graph import pretrained_item_graph
+    from egra.pipeline.pretrain import pretrain
+
+    cfg = cfg_factory(["model=egra", "backbones.mgcn.max_epochs=2", "model.k_pt=3"])
+    dm = instantiate(cfg.data)
+    dm.setup()
+    first = pretrain(cfg, dm, "mgcn")
+    assert not first.reused
+    assert first.array("items").shape == (dm.data.n_items, 64)
+    assert "test/Recall@20" in first.manifest["metrics"]
+    again = pretrain(cfg, dm, "mgcn")
+    assert again.reused and again.path == first.path
+
+    g, info = pretrained_item_graph(cfg, dm)
+    assert g.shape == (dm.data.n_items, dm.data.n_items)
+    assert info["pretrain_reused"] and not info["graph_reused"]
+    assert (g != g.T).nnz == 0  # symmetrised
+    assert g.diagonal().sum() == 0  # self excluded
+    assert set(np.unique(g.data)) == {1.0}  # binary
+    assert (np.diff(g.indptr) >= 3).all()
+    g2, info2 = pretrained_item_graph(cfg, dm)
+    assert info2["graph_reused"] and (g2 != g).nnz == 0
+
+    # Changing k re-keys the graph but not the embeddings.
+    cfg.model.k_pt = 4
+    _, info3 = pretrained_item_graph(cfg, dm)
+    assert info3["pretrain_reused"] and not info3["graph_reused"]
+    assert info3["graph_artifact"] != info["graph_artifact"]
+
+    # Other backbones: raw features and random are cheap and keyed separately.
+    raw = pretrain(cfg, dm, "raw_features")
+    rnd = pretrain(cfg, dm, "random")
+    assert raw.path != rnd.path != first.path
+    norms = np.linalg.norm(raw.array("items"), axis=1)
+    assert np.allclose(norms, np.sqrt(len(dm.data.features)), atol=1e-4)
+
+
+def test_changed_data_changes_the_key(cfg_factory):
+    from hydra.utils import instantiate
+
+    from egra.pipeline.pretrain import _key
+
+    cfg = cfg_factory(["model=egra"])
+    dm = instantiate(cfg.data)
+    dm.setup()
+    k1 = _key(cfg, "random", dm.data.fingerprint())
+    cfg2 = cfg_factory(["model=egra", "data.seed=5"], sub="other")
+    dm2 = instantiate(cfg2.data)
+    dm2.setup()
+    assert _key(cfg2, "random", dm2.data.fingerprint()) != k1
+    cfg.backbones.random.dim = 32
+    assert _key(cfg, "random", dm.data.fingerprint()) != k1

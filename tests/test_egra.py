@@ -1,0 +1,179 @@
+"""EGRA: gradients, λ schedule, entity weights, ablation equivalences."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from egra.models import EGRA
+from egra.models.egra import entity_weights, weighted_nce
+from egra.models.losses import info_nce
+from egra.training.callbacks import AlignmentSchedule, lambda_at
+
+
+def _data(seed=0, n_users=30, n_items=20):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), 4)
+    items = np.concatenate([rng.choice(n_items, 4, replace=False) for _ in range(n_users)])
+    feats = {"image": rng.standard_normal((n_items, 12)), "text": rng.standard_normal((n_items, 6))}
+    return {
+        "n_users": n_users,
+        "n_items": n_items,
+        "train_users": users,
+        "train_items": items,
+        "features": feats,
+    }
+
+
+def _item_graph(n_items, seed=1):
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_items), 3)
+    cols = (rows + rng.integers(1, n_items, size=rows.size)) % n_items
+    g = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_items, n_items))
+    g.data[:] = 1.0
+    return g.maximum(g.T).tocsr()
+
+
+def _batch(d, b=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(d["train_users"]), (b,), generator=g)
+    users = torch.as_tensor(d["train_users"])[idx]
+    pos = torch.as_tensor(d["train_items"])[idx]
+    neg = torch.randint(d["n_items"], (b,), generator=g)
+    return users, pos, neg
+
+
+@pytest.mark.parametrize("cross_pairs", [False, True])
+def test_every_parameter_gets_a_gradient(cross_pairs):
+    d = _data()
+    torch.manual_seed(0)
+    m = EGRA(**d, item_graph=_item_graph(d["n_items"]), cross_pairs=cross_pairs)
+    out = m.loss(*_batch(d))
+    out["loss"].backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None, name
+        assert p.grad.abs().sum() > 0, name
+    assert "align" in out and out["align"] > 0
+
+
+def test_lambda_zero_adds_nothing():
+    d = _data()
+    torch.manual_seed(0)
+    m = EGRA(**d, item_graph=_item_graph(d["n_items"]))
+    batch = _batch(d)
+    m.align_weight = 0.0
+    out0 = m.loss(*batch)
+    assert torch.allclose(out0["loss"], out0["bpr"] + out0["reg"])
+    assert "align" not in out0
+    m.align_weight = 0.5
+    out1 = m.loss(*batch)
+    assert torch.allclose(out1["loss"], out1["bpr"] + out1["reg"] + 0.5 * out1["align"], atol=1e-6)
+
+
+def test_empty_graph_or_beta_zero_equals_no_enhanced_graph():
+    d = _data()
+    outs = []
+    for kwargs in (
+        {"item_graph": None, "graph_source": "none"},
+        {"item_graph": sp.csr_matrix((d["n_items"], d["n_items"]), dtype=np.float32)},
+        {"item_graph": _item_graph(d["n_items"]), "beta": 0.0},
+    ):
+        torch.manual_seed(0)
+        m = EGRA(**d, **kwargs)
+        outs.append(m.embeddings())
+    for u, i in outs[1:]:
+        assert torch.equal(u, outs[0][0]) and torch.equal(i, outs[0][1])
+    torch.manual_seed(0)
+    enhanced = EGRA(**d, item_graph=_item_graph(d["n_items"])).embeddings()
+    assert not torch.allclose(enhanced[1], outs[0][1])
+
+
+def test_enhanced_graph_is_normalised_bipartite_with_item_block():
+    d = _data()
+    g = _item_graph(d["n_items"])
+    m = EGRA(**d, item_graph=g, beta=0.5)
+    a = m.adj.a.to_dense().numpy()
+    u = d["n_users"]
+    r = np.zeros((u, d["n_items"]), dtype=np.float32)
+    r[d["train_users"], d["train_items"]] = 1
+    full = np.block([[np.zeros((u, u)), r], [r.T, 0.5 * g.toarray()]])
+    deg = full.sum(1)
+    dinv = np.where(deg > 0, deg**-0.5, 0)
+    np.testing.assert_allclose(a, dinv[:, None] * full * dinv[None, :], rtol=1e-5, atol=1e-7)
+
+
+def test_entity_weights_mean_one_and_order():
+    a = torch.tensor([0.9, -0.2, 0.3, 0.0, 0.5])
+    for mode in ("misaligned_up", "aligned_up", "uniform"):
+        w = entity_weights(a, mode, tau_w=0.5)
+        assert torch.isclose(w.mean(), torch.tensor(1.0))
+    order = torch.argsort(a)
+    w = entity_weights(a, "misaligned_up", 0.5)
+    assert torch.all(w[order][1:] < w[order][:-1])  # less aligned -> larger weight
+    w = entity_weights(a, "aligned_up", 0.5)
+    assert torch.all(w[order][1:] > w[order][:-1])
+    assert torch.equal(entity_weights(a, "uniform", 0.5), torch.ones(5))
+    # Hand value: n * softmax(-a / tau)
+    expected = 5 * torch.exp(-a / 0.5) / torch.exp(-a / 0.5).sum()
+    assert torch.allclose(entity_weights(a, "misaligned_up", 0.5), expected)
+    with pytest.raises(ValueError, match="entity_weighting"):
+        entity_weights(a, "nope", 1.0)
+
+
+def test_weighted_nce_uniform_equals_plain_nce_and_weights_are_detached():
+    torch.manual_seed(0)
+    b = torch.randn(8, 4, requires_grad=True)
+    m = torch.randn(8, 4, requires_grad=True)
+    loss, w, a = weighted_nce(b, m, 0.2, "uniform", 1.0)
+    assert torch.allclose(loss, info_nce(b, m, 0.2))
+    loss, w, a = weighted_nce(b, m, 0.2, "misaligned_up", 1.0)
+    assert not w.requires_grad and not a.requires_grad
+    per_row = info_nce(b, m, 0.2, reduction="none")
+    assert torch.allclose(loss, (w * per_row).sum() / w.sum())
+
+
+@pytest.mark.parametrize(
+    "ramp,expected",
+    [
+        ("linear", lambda t: 0.01 + (0.5 - 0.01) * min(1, t / 4)),
+        ("cosine", lambda t: 0.01 + (0.5 - 0.01) * (1 - math.cos(math.pi * min(1, t / 4))) / 2),
+        ("step", lambda t: 0.01 if t < 4 else 0.5),
+    ],
+)
+def test_lambda_schedule_formula(ramp, expected):
+    for t in range(8):
+        assert lambda_at(t, 0.01, 0.5, 4, ramp) == pytest.approx(expected(t))
+    assert lambda_at(0, 0.01, 0.5, 4, ramp) == pytest.approx(0.01)
+    assert lambda_at(4, 0.01, 0.5, 4, ramp) == pytest.approx(0.5)
+    assert lambda_at(100, 0.01, 0.5, 4, ramp) == pytest.approx(0.5)
+    # P = 0: constant lambda_max
+    assert all(lambda_at(t, 0.01, 0.5, 0, ramp) == 0.5 for t in range(5))
+
+
+def test_schedule_callback_sets_model_weight():
+    class FakeModule:
+        def __init__(self, net):
+            self.net = net
+            self.logged = {}
+
+        def log(self, name, value, **kw):
+            self.logged[name] = value
+
+    class FakeTrainer:
+        current_epoch = 0
+
+    d = _data()
+    net = EGRA(**d, item_graph=None, lambda_min=0.1, lambda_max=0.3, P=2)
+    pl, tr = FakeModule(net), FakeTrainer()
+    cb = AlignmentSchedule()
+    seen = []
+    for epoch in range(4):
+        tr.current_epoch = epoch
+        cb.on_train_epoch_start(tr, pl)
+        seen.append(net.align_weight)
+        assert pl.logged["align/lambda"] == net.align_weight
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3])
