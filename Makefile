@@ -8,13 +8,15 @@ ARGS ?=
 GPUS ?=
 DATASET ?= baby
 SWEEP ?= lambda_grid
+EXPERIMENT ?= egra_small
+DIR ?= $(lastword $(sort $(wildcard logs/*/multiruns/*)))
 
 ifneq ($(strip $(GPUS)),)
   TRAIN_DEVICES := trainer=ddp trainer.devices=$(GPUS)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint format data bench clean
+.PHONY: help setup train test lint format data bench clean report sweep
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,11 +31,15 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 setup: $(STAMP) ## Create .venv and install the pinned CPU stack (about a minute)
 
-train: $(STAMP) ## Train on the built-in generated dataset (GPUS=N for DDP; ARGS="key=value ..." for overrides)
-	$(BIN)/egra-train $(TRAIN_DEVICES) $(ARGS)
+train: $(STAMP) ## Pretrain MGCN -> S^pt -> EGRA on generated data (EXPERIMENT=, GPUS=N, ARGS="k=v ...")
+	$(BIN)/egra-train experiment=$(EXPERIMENT) $(TRAIN_DEVICES) $(ARGS)
 
 test: $(STAMP) ## Run the test suite on tiny generated data
 	$(BIN)/python -m pytest -q $(ARGS)
+
+report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/multiruns/<time> (default: newest)
+	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun dir> [ARGS='--out D --metrics ...']"; exit 2; }
+	$(BIN)/egra-report $(DIR) $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check src tests bench

@@ -275,7 +275,7 @@ def plan(quick: bool, mem_cap_gb: float) -> list[dict]:
         hnsw = {"hnsw_m": 16, "ef_construction": 64, "ef_search": 16}
     for d in dims:
         for n in sizes:
-            for method in ("faiss_flat", "flat_sym", "dense_torch"):
+            for method in ("flat_sym", "faiss_flat", "dense_torch"):
                 case = {"kind": "exact", "n": n, "d": d, "method": method}
                 if method == "dense_torch":
                     need_gb = 2 * 4 * n * n / 2**30
@@ -390,7 +390,7 @@ def fmt_table(records: list[dict]) -> str:
     lines = [head, "-" * len(head)]
 
     def f(v, spec):
-        return format(v, spec) if isinstance(v, (int, float)) else "-"
+        return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(int(spec.split(".")[0]))
 
     for r in records:
         note = r.get("skipped", "")
@@ -419,6 +419,13 @@ def main() -> None:
     p.add_argument("--mem-cap-gb", type=float, default=12.0, help="skip dense cases needing more")
     p.add_argument("--case-timeout", type=float, default=1200.0, help="seconds per case")
     p.add_argument("--only", default=None, help="comma-separated methods to run (default: all)")
+    p.add_argument("--n", default=None, help="comma-separated item counts to run (default: all)")
+    p.add_argument("--d", default=None, help="comma-separated dimensions to run (default: all)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="update the records of the cases run in an existing output file, keep the others",
+    )
     p.add_argument("--out", type=Path, default=None, help=f"JSON output (default {DEFAULT_OUT})")
     p.add_argument("--run-case", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -431,13 +438,29 @@ def main() -> None:
     if args.only:
         keep = set(args.only.split(","))
         cases = [c for c in cases if c["method"] in keep]
+    if args.n:
+        cases = [c for c in cases if c["n"] in {int(v) for v in args.n.split(",")}]
+    if args.d:
+        cases = [c for c in cases if c["d"] in {int(v) for v in args.d.split(",")}]
     records = []
+    last: dict[tuple[str, int], tuple[int, float]] = {}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory() as graph_dir:
         for case in cases:
             label = f"{case['method']} n={case['n']} d={case['d']}"
             print(f"[{time.perf_counter() - t_all:7.1f}s] {label} ...", flush=True)
+            prev = last.get((case["method"], case["d"]))
+            if case["kind"] == "exact" and prev and not case.get("skipped"):
+                # Exact builds scale as N²: skip a case that would surely hit the timeout.
+                predicted = prev[1] * (case["n"] / prev[0]) ** 2
+                if predicted > args.case_timeout:
+                    case["skipped"] = (
+                        f"predicted {predicted:.0f} s (N² scaling of {prev[1]:.0f} s at n={prev[0]}) "
+                        f"> case timeout {args.case_timeout:.0f} s"
+                    )
             rec = run_case(case, args.threads, args.case_timeout, graph_dir)
+            if rec.get("seconds") is not None:
+                last[(case["method"], case["d"])] = (case["n"], rec["seconds"])
             if case["kind"] == "ann":
                 rec["params_used"] = case["params"]
             if rec.get("skipped"):
@@ -467,6 +490,11 @@ def main() -> None:
     }
     for r in records:
         r["env"] = meta
+    if args.merge and out.exists():
+        new_keys = {(r["n"], r["d"], r["method"]) for r in records}
+        old = [r for r in json.loads(out.read_text()) if (r["n"], r["d"], r["method"]) not in new_keys]
+        order = {key: i for i, key in enumerate((c["n"], c["d"], c["method"]) for c in plan(args.quick, 1e9))}
+        records = sorted(old + records, key=lambda r: order.get((r["n"], r["d"], r["method"]), len(order)))
     table = fmt_table(records)
     print()
     print(table)

@@ -15,12 +15,14 @@ os.environ.setdefault("WANDB_SILENT", "true")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-def make_cfg(tmp_path: Path, overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+def make_cfg(
+    tmp_path: Path, overrides: list[str] | None = None, config_name: str = "train", tiny: bool = True
+) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` the way the CLI does, with every path under tmp_path."""
+    data = ["data=synthetic", "data.preset=tiny"] if tiny else []
     base = [
         f"paths.root_dir={tmp_path}",
-        "data=synthetic",
-        "data.preset=tiny",
+        *data,
         "logger=none",
         "trainer.enable_progress_bar=false",
         "threads=1",

@@ -145,6 +145,9 @@ def test_huge_finite_values_do_not_overflow():
     idx, sim = topk_neighbors(x, 1, exclude_self=True)
     assert np.isfinite(sim).all()
     assert idx[0, 0] == 2 and idx[2, 0] == 0
+    idx64, sim64 = topk_neighbors(x.astype(np.float64) * 1e270, 1, exclude_self=True)  # > float32 max
+    np.testing.assert_array_equal(idx64, idx)
+    np.testing.assert_allclose(sim64, sim, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -395,3 +398,19 @@ def test_graph_option_errors():
         knn_graph(x, 3, nprob=4)
     g = knn_graph(x, 3, method="ivf", nlist=2, nprobe=2)
     assert g.nnz == 60
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["flat", "flat_sym", "ivf"])
+def test_gpu_matches_cpu(method):
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() == 0:
+        pytest.skip("FAISS has no GPU here")
+    x = _clustered(3000, 32, n_clusters=20)
+    kw = {"nlist": 16, "nprobe": 16} if method == "ivf" else {}
+    gpu_idx, gpu_sim = topk_neighbors(x, 10, exclude_self=True, method=method, device="cuda", **kw)
+    cpu_idx, cpu_sim = topk_neighbors(x, 10, exclude_self=True, method="flat", device="cpu")
+    np.testing.assert_allclose(gpu_sim, cpu_sim, atol=1e-4)
+    same = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(gpu_idx, cpu_idx)])
+    assert same >= 0.99

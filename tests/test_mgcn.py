@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from egra.models import MGCN
+from egra.models.losses import info_nce, info_nce_counts
 
 N_USERS, N_ITEMS, K = 14, 17, 4
 
@@ -218,6 +219,72 @@ def test_loss_components(data):
     cl = 0.25 * (nce(s_i[pos], c_i[pos]) + nce(s_u[users], c_u[users]))
     torch.testing.assert_close(out["cl"], cl.detach())
     torch.testing.assert_close(out["loss"].detach(), out["bpr"] + out["reg"] + out["cl"])
+
+
+def test_batch_rows_match_full_views(data):
+    model = make(data)
+    full = model.views()
+    users = torch.tensor([3, 0, 3, 13])
+    items = torch.tensor([16, 2, 2, 0, 5])
+    cases = [
+        (model.views(users, items), torch.cat([users, items + N_USERS])),
+        (model.views(users=users), users),
+        (model.views(items=items), items + N_USERS),
+    ]
+    for sub, rows in cases:
+        for key in ("content", "side", "fused"):
+            torch.testing.assert_close(getattr(sub, key), getattr(full, key)[rows])
+        for m in model.modalities:
+            torch.testing.assert_close(sub.modal[m], full.modal[m][rows])
+
+
+@pytest.mark.parametrize("tau", [0.3, 0.02])  # 0.02: large 1/τ, row-max shifted path
+def test_info_nce_counts_equals_repeated_rows(tau):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([0, 2, 2, 5, 1, 2, 0, 4, 4, 3])
+    a = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    ref = info_nce(a[ids], b[ids], tau)
+    ga, gb = torch.autograd.grad(ref, (a, b))
+    uniq, counts = ids.unique(return_counts=True)
+    got = info_nce_counts(a[uniq], b[uniq], tau, counts)
+    ha, hb = torch.autograd.grad(got, (a, b))
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(ha, ga)
+    torch.testing.assert_close(hb, gb)
+    # no counts: plain InfoNCE
+    torch.testing.assert_close(info_nce_counts(a, b, tau), info_nce(a, b, tau))
+    c = counts.double()
+    x, y = a[uniq].detach().requires_grad_(), b[uniq].detach().requires_grad_()
+    torch.autograd.gradcheck(lambda x, y: info_nce_counts(x, y, tau, c), (x, y))
+    # float32 stays finite at the default τ with a large batch
+    big = torch.randn(512, 16, generator=g)
+    assert torch.isfinite(info_nce_counts(big, big.flip(0), 0.2, torch.full((512,), 7)))
+
+
+def test_loss_and_gradients_match_naive_batch_computation(data):
+    """Distinct-row fuser and counted NCE give the per-position numbers and gradients."""
+    users = torch.tensor([2, 2, 5, 0, 2, 7, 5, 11, 13])
+    pos = torch.tensor([1, 1, 4, 9, 1, 1, 16, 3, 4])
+    neg = torch.tensor([4, 8, 1, 2, 2, 0, 5, 16, 4])
+    model = make(data, cl_loss=0.3)
+    out = model.loss(users, pos, neg)
+    got = torch.autograd.grad(out["loss"], list(model.parameters()))
+
+    v = model.views()
+    z_u, z_i = model.split(v.fused)
+    c_u, c_i = model.split(v.content)
+    s_u, s_i = model.split(v.side)
+    u, p, n = z_u[users], z_i[pos], z_i[neg]
+    bpr = -F.logsigmoid((u * p).sum(1) - (u * n).sum(1)).mean()
+    reg = model.reg_weight * 0.5 * (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / 2048
+    cl = 0.3 * (info_nce(s_i[pos], c_i[pos], 0.2) + info_nce(s_u[users], c_u[users], 0.2))
+    ref = bpr + reg + cl
+    want = torch.autograd.grad(ref, list(model.parameters()))
+    torch.testing.assert_close(out["loss"], ref)
+    torch.testing.assert_close(out["cl"], cl.detach())
+    for (name, _), g1, g2 in zip(model.named_parameters(), got, want):
+        torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_single_modality(data):

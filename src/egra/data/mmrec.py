@@ -15,6 +15,7 @@ import csv
 import os
 import re
 import tempfile
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def load_mmrec(
         DataError: with a one-line message naming the file and the problem.
     """
     root = Path(root)
-    modalities = tuple(modalities)
+    modalities = (modalities,) if isinstance(modalities, str) else tuple(modalities)
     for m in modalities:
         if not isinstance(m, str) or not _MODALITY_RE.match(m):
             raise DataError(f"{root}: invalid modality name {_show(m)}; expected letters, digits, '_' or '-'")
@@ -202,18 +203,21 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     dtypes = {cols.index(c): "int64" for c in use}
 
     def parse(nrows: int | None) -> pd.DataFrame:
-        return pd.read_csv(
-            path,
-            sep="\t",
-            header=None,
-            skiprows=1,
-            dtype=dtypes,
-            engine="c",
-            quoting=csv.QUOTE_NONE,
-            skip_blank_lines=False,
-            encoding="utf-8",
-            nrows=nrows,
-        )
+        with warnings.catch_warnings():  # e.g. mixed-type optional columns: not our concern
+            warnings.simplefilter("ignore")
+            return pd.read_csv(
+                path,
+                sep="\t",
+                header=None,
+                skiprows=1,
+                dtype=dtypes,
+                engine="c",
+                low_memory=False,
+                quoting=csv.QUOTE_NONE,
+                skip_blank_lines=False,
+                encoding="utf-8",
+                nrows=nrows,
+            )
 
     try:
         frame = parse(None)

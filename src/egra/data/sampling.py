@@ -109,8 +109,11 @@ class EvalChunks(torch.utils.data.Sampler):
 
     def _chunks(self) -> list[np.ndarray]:
         rank, world = dist_info()
-        chunks = [self.users[s : s + self.chunk_size] for s in range(0, len(self.users), self.chunk_size)]
-        return chunks[rank::world]
+        # Small enough that every rank gets a chunk; a rank with no users gets one empty
+        # chunk (Lightning needs at least one batch per rank).
+        size = min(self.chunk_size, max(1, -(-len(self.users) // world)))
+        chunks = [self.users[s : s + size] for s in range(0, len(self.users), size)]
+        return chunks[rank::world] or [self.users[:0]]
 
     def __len__(self) -> int:
         return len(self._chunks())

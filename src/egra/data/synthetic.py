@@ -3,31 +3,35 @@
 Generative process (all randomness from ``numpy.random.Generator`` streams spawned from
 one ``SeedSequence(seed)``):
 
-1. Latent taste space of dimension ``K``: ``C`` category centres ``c_k``; item ``i`` has a
-   category and factors ``v_i = c_cat(i) + noise``; user ``u`` has preferences
-   ``p_u = c_k + noise`` around one category.
-2. Item popularity is long-tailed: ``log pop_i = -zipf * log(rank_i) + lognormal jitter``.
+1. Latent taste space of dimension ``K`` (16): ``C`` category centres ``c_k ~ N(0, I)``;
+   item ``i`` has a category and factors ``v_i = c_cat(i) + item_spread * N(0, I)``;
+   user ``u`` has preferences ``p_u = c_k + user_spread * N(0, I)`` around one category.
+2. Item popularity is long-tailed: ``log pop_i = -zipf * log(rank_i) + Gaussian jitter``
+   with a random rank order (independent of the taste factors).
 3. User ``u`` buys ``n_u = 5 + floor(LogNormal)`` distinct items, drawn without
-   replacement (Gumbel top-k) from ``softmax(p_u . v_i / temperature + log pop_i)``.
-   Items left with fewer than ``min_item`` buyers get extra buyers drawn the same way
-   from the users, so 5-core filtering (which is still applied, iterated) keeps the
-   preset's exact sizes.
+   replacement (Gumbel top-k) from ``softmax(p_u . v_i / (temperature sqrt(K)) +
+   log pop_i)``. Items left with fewer than ``min_item`` buyers get extra buyers drawn
+   from ``softmax`` over users of the same affinity, so 5-core filtering (still applied,
+   iterated, before the split) keeps the preset's exact sizes.
 4. Each user's purchases get a random order and strictly increasing timestamps; the
    last ~10% are test, the previous ~10% valid, the rest train (>= 1 / 1 / 3).
    Ratings (1-5) grow with the user-item affinity.
-5. Features see only part of the taste space: image features are a ReLU random
-   projection of ``v_i[image_dims]`` plus image-only nuisance factors and noise; text
-   features are a tanh random projection of ``v_i[text_dims]`` plus text-only nuisance
-   factors and noise, L2-normalised. The two modalities overlap on some latent
-   dimensions, each has some of its own, and a few latent dimensions plus popularity
-   are visible to ID embeddings only. Feature values are rounded to a fixed binary grid
-   so the files are bit-identical across BLAS builds.
+5. Features see only part of the taste space, through their own item-level noise:
+   image = ReLU of a random projection of ``[v_i[image_dims] + noise, image nuisance]``
+   plus per-dimension noise (non-negative, like CNN activations); text = tanh of a
+   random projection of ``[v_i[text_dims] + noise, text nuisance]`` plus noise,
+   L2-normalised (like sentence embeddings). Nuisance factors are item attributes
+   unrelated to preference. The modalities share some latent dimensions, each has some
+   of its own, and the last few dimensions and popularity are learnable from IDs only.
+   Values are rounded to a fixed binary grid so the files are bit-identical across
+   BLAS builds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -37,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from egra.data.interactions import TEST, TRAIN, VALID, Interactions
-from egra.data.mmrec import feature_path, inter_path, load_mmrec, save_mmrec
+from egra.data.mmrec import feature_path, load_mmrec, save_mmrec
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -68,8 +72,8 @@ class SyntheticConfig:
     #: spread of item/user factors around their category centre (centres have norm ~ 1 per dim)
     item_spread: float = 0.7
     user_spread: float = 0.9
-    temperature: float = 2.0
-    zipf: float = 0.9
+    temperature: float = 1.0
+    zipf: float = 0.6
     pop_jitter: float = 0.5
     #: per-user count = min_user + floor(LogNormal(mu, sigma)), capped
     min_user: int = 5
@@ -80,8 +84,10 @@ class SyntheticConfig:
     #: latent dimensions each modality sees; the rest are visible through IDs only
     image_dims: tuple[int, int] = (0, 10)
     text_dims: tuple[int, int] = (5, 14)
+    #: each modality observes its latent dims through its own item-level noise
+    latent_noise: float = 0.5
     nuisance_dim: int = 8
-    nuisance_scale: float = 1.0
+    nuisance_scale: float = 0.8
     image_noise: float = 0.5
     text_noise: float = 0.5
     val_frac: float = 0.1
@@ -90,6 +96,10 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         if self.min_user < 5:
             raise ValueError("min_user must be >= 5 (1 valid + 1 test + 3 train)")
+        if self.n_users < 2 * self.min_item or self.n_items < 2 * self.min_user:
+            raise ValueError(
+                f"{self.name}: too few users/items for {self.min_user}/{self.min_item}-core data"
+            )
         for lo, hi in (self.image_dims, self.text_dims):
             if not 0 <= lo < hi <= self.latent_dim:
                 raise ValueError(f"modality dims {(lo, hi)} outside 0..{self.latent_dim}")
@@ -97,8 +107,13 @@ class SyntheticConfig:
 
 PRESETS: dict[str, SyntheticConfig] = {
     "tiny": SyntheticConfig(name="tiny", n_users=240, n_items=120, image_dim=32, text_dim=16, n_categories=6),
-    "small": SyntheticConfig(name="small", n_users=2500, n_items=1200, image_dim=256, text_dim=64),
-    "baby": SyntheticConfig(name="baby", n_users=19445, n_items=7050, image_dim=4096, text_dim=384),
+    "small": SyntheticConfig(
+        name="small", n_users=2500, n_items=1200, image_dim=256, text_dim=64, extra_mu=1.3
+    ),
+    # the sizes of Amazon Baby as released by MMRec
+    "baby": SyntheticConfig(
+        name="baby", n_users=19445, n_items=7050, image_dim=4096, text_dim=384, n_categories=16, extra_mu=0.7
+    ),
 }
 
 
@@ -120,8 +135,13 @@ class SyntheticDataset:
 
 
 def dataset_name(preset: str | SyntheticConfig, seed: int) -> str:
+    """``synthetic-<preset>-s<seed>``; a modified preset also gets a hash of its config."""
     cfg = _config(preset)
-    return f"synthetic-{cfg.name}-s{int(seed)}"
+    tag = cfg.name
+    if cfg.name in PRESETS and cfg != PRESETS[cfg.name]:
+        blob = json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()
+        tag = f"{cfg.name}-{hashlib.sha256(blob).hexdigest()[:8]}"
+    return f"synthetic-{tag}-s{int(seed)}"
 
 
 def _config(preset: str | SyntheticConfig) -> SyntheticConfig:
@@ -307,8 +327,9 @@ def _quantize(x: np.ndarray, bits: int) -> np.ndarray:
 def _image_features(V: np.ndarray, cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     lo, hi = cfg.image_dims
     n = len(V)
+    seen = V[:, lo:hi] + cfg.latent_noise * rng.standard_normal((n, hi - lo))
     nuisance = cfg.nuisance_scale * rng.standard_normal((n, cfg.nuisance_dim))
-    h = np.concatenate([V[:, lo:hi], nuisance], axis=1)
+    h = np.concatenate([seen, nuisance], axis=1)
     W = rng.standard_normal((h.shape[1], cfg.image_dim)) / np.sqrt(h.shape[1])
     b = 0.3 * rng.standard_normal(cfg.image_dim)
     noise = cfg.image_noise * rng.standard_normal((n, cfg.image_dim), dtype=np.float32)
@@ -319,8 +340,9 @@ def _image_features(V: np.ndarray, cfg: SyntheticConfig, rng: np.random.Generato
 def _text_features(V: np.ndarray, cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     lo, hi = cfg.text_dims
     n = len(V)
+    seen = V[:, lo:hi] + cfg.latent_noise * rng.standard_normal((n, hi - lo))
     nuisance = cfg.nuisance_scale * rng.standard_normal((n, cfg.nuisance_dim))
-    h = np.concatenate([V[:, lo:hi], nuisance], axis=1)
+    h = np.concatenate([seen, nuisance], axis=1)
     W = rng.standard_normal((h.shape[1], cfg.text_dim)) / np.sqrt(h.shape[1])
     noise = cfg.text_noise * rng.standard_normal((n, cfg.text_dim))
     x = np.tanh(0.7 * (h @ W) + noise)
@@ -412,7 +434,6 @@ def ensure_synthetic(root_dir: str | os.PathLike, preset: str | SyntheticConfig,
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, folder / MANIFEST)
-    assert inter_path(folder).exists()
     return folder
 
 

@@ -4,8 +4,10 @@ Every item–item graph of the project goes through this module: MGCN's modality
 ``S^m`` (see ``mmrec-protocol.md`` f) and EGRA's pretrained graph ``S^pt`` (Stage 2).
 No dense ``N x N`` similarity matrix is ever formed: the rows are L2-normalised chunk by
 chunk into a FAISS index and the index is queried in chunks, so the extra memory is the
-index itself (``N·d`` floats for the exact and IVF indexes) plus ``O(chunk_size·(d + k))``
-and the ``N x k`` result.
+index itself (``N·d`` floats for the exact and IVF indexes, plus the graph links for
+HNSW), ``O(chunk_size·(d + k))`` working memory (``flat_sym`` also holds two
+``chunk_size x chunk_size`` float32 blocks, 128 MiB at the default 4096) and the
+``N x k`` result.
 
 Two layers:
 
@@ -14,8 +16,9 @@ Two layers:
   ``"flat_sym"`` (exact; on the CPU only the upper triangle of ``X Xᵀ`` is computed, in
   blocks, about half the time of ``"flat"`` for large ``d``), ``"ivf"`` (``IndexIVFFlat``,
   inner product) or ``"hnsw"`` (``IndexHNSWFlat``, inner product).
-  :func:`build_index` / :func:`search_index` split the two steps (timing, recall samples). ``device="auto"`` uses a GPU index when FAISS was built with GPU support and
-  sees a GPU (``faiss.get_num_gpus() > 0``), else the CPU.
+  ``device="auto"`` uses a GPU index when FAISS was built with GPU support and sees a
+  GPU (``faiss.get_num_gpus() > 0``), else the CPU. :func:`build_index` and
+  :func:`search_index` are the two steps apart (for timing, or recall on a sample).
 * :func:`knn_graph` — a ``scipy.sparse.csr_matrix`` (float32, ``N x N``) with the
   conventions as options: self included or not, weighted or binary, directed or
   symmetrised with ``max(S, Sᵀ)``, and one of four normalisations. The defaults are
@@ -117,18 +120,21 @@ def _validate_finite(x: np.ndarray, chunk_size: int) -> None:
 def _normalized_chunk(x: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start:end`` as float32 unit vectors (a copy) and a mask of the all-zero rows.
 
-    Rows are divided by their largest absolute entry first, so finite but huge values
-    do not overflow the squared norm; zero rows stay zero.
+    Rows are divided by their largest absolute entry first (in the input's precision),
+    so finite but huge values overflow neither the squared norm nor the cast to float32;
+    zero rows stay zero.
     """
-    xc = np.array(x[start:end], dtype=np.float32, copy=True)
-    scale = np.abs(xc).max(axis=1)
+    xs = x[start:end]
+    if not np.issubdtype(xs.dtype, np.floating):
+        xs = xs.astype(np.float64)
+    scale = np.abs(xs).max(axis=1)
     zero = scale == 0
-    scale[zero] = 1.0
-    xc /= scale[:, None]
+    scale[zero] = 1
+    xc = np.ascontiguousarray(xs / scale[:, None], dtype=np.float32)
     norm = np.sqrt(np.einsum("ij,ij->i", xc, xc))
     norm[zero] = 1.0
     xc /= norm[:, None]
-    return np.ascontiguousarray(xc), zero
+    return xc, zero
 
 
 def _check_k(k: int, n: int, exclude_self: bool) -> None:

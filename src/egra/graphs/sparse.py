@@ -53,20 +53,24 @@ class _SpMM(torch.autograd.Function):
 class SparseOp(nn.Module):
     """A fixed sparse matrix ``A`` (no parameters) applied as ``A @ x`` with autograd.
 
-    The matrices are buffers, so ``.to(device)`` moves them and they are saved in
-    checkpoints only if ``persistent`` (constant graphs are rebuilt from data instead).
+    The CSR tensors are plain attributes, not buffers: they move with ``.to(device)``
+    (see ``_apply``) but stay out of ``state_dict`` (constant graphs are rebuilt from
+    data) and out of DDP's buffer broadcast, which cannot handle sparse tensors.
     """
 
-    def __init__(self, matrix: sp.spmatrix, persistent: bool = False):
+    def __init__(self, matrix: sp.spmatrix):
         super().__init__()
         matrix = sp.csr_matrix(matrix, dtype=np.float32)
         self.shape = matrix.shape
         self.symmetric = is_symmetric(matrix)
-        self.register_buffer("a", scipy_to_torch_csr(matrix), persistent=persistent)
-        if self.symmetric:
-            self.a_t = None
-        else:
-            self.register_buffer("a_t", scipy_to_torch_csr(matrix.T.tocsr()), persistent=persistent)
+        self.a = scipy_to_torch_csr(matrix)
+        self.a_t = None if self.symmetric else scipy_to_torch_csr(matrix.T.tocsr())
+
+    def _apply(self, fn, recurse=True):
+        self.a = fn(self.a)
+        if self.a_t is not None:
+            self.a_t = fn(self.a_t)
+        return super()._apply(fn, recurse)
 
     @property
     def nnz(self) -> int:

@@ -38,32 +38,39 @@ def info_nce(anchor: Tensor, positive: Tensor, temperature: float, reduction: st
 
 
 class _CountedNCE(torch.autograd.Function):
-    """``Σ_r w_r (log Σ_j exp(a_r·p_j + log c_j) − a_r·p_r)`` on normalised, τ-scaled rows.
+    """``Σ_r w_r (log Σ_j c_j exp(a_r·p_j) − a_r·p_r)`` on normalised, τ-scaled rows.
 
-    One ``n x n`` buffer: the forward turns the logits into their (unnormalised)
-    exponentials in place and keeps them; the backward is two matrix products, with
-    the softmax's row normalisation and the weights folded into ``n x d`` scalings.
+    One ``n x n`` buffer and no ``n x n`` pass besides the product and one ``exp``: the
+    forward exponentiates the logits in place and keeps them; the counts, the softmax's
+    row normalisation and the weights are folded into ``n``-vectors and ``n x d``
+    scalings, so the backward is two matrix products. ``shift`` subtracts each row's
+    maximum first, needed only when ``1/τ`` is large enough for ``exp`` to overflow.
     """
 
     @staticmethod
-    def forward(ctx, a: Tensor, p: Tensor, log_counts: Tensor, weights: Tensor) -> Tensor:  # type: ignore[override]
-        e = torch.addmm(log_counts.unsqueeze(0), a, p.T)
-        row_max = e.amax(dim=1, keepdim=True)
-        e.sub_(row_max).exp_()
-        row_sum = e.sum(dim=1)
-        lse = row_sum.log() + row_max.squeeze(1)
+    def forward(ctx, a: Tensor, p: Tensor, counts: Tensor, weights: Tensor, shift: bool) -> Tensor:  # type: ignore[override]
+        e = a @ p.T
+        if shift:
+            row_max = e.amax(dim=1)
+            e.sub_(row_max.unsqueeze(1))
+        e.exp_()
+        row_sum = e @ counts  # Σ_j c_j exp(·)
+        lse = row_sum.log()
+        if shift:
+            lse = lse + row_max
         pos = (a * p).sum(dim=1)
-        ctx.save_for_backward(a, p, e, row_sum, weights)
+        ctx.save_for_backward(a, p, e, row_sum, counts, weights)
         return (weights * (lse - pos)).sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        a, p, e, row_sum, weights = ctx.saved_tensors
+        a, p, e, row_sum, counts, weights = ctx.saved_tensors
         gw = (grad * weights).unsqueeze(1)
-        scale = gw / row_sum.unsqueeze(1)  # softmax row normalisation and weight
-        grad_a = scale * (e @ p) - gw * p
-        grad_p = e.T @ (scale * a) - gw * a
-        return grad_a, grad_p, None, None
+        scale = gw / row_sum.unsqueeze(1)
+        c = counts.unsqueeze(1)
+        grad_a = scale * (e @ (c * p)) - gw * p
+        grad_p = c * (e.T @ (scale * a)) - gw * a
+        return grad_a, grad_p, None, None, None
 
 
 def info_nce_counts(
@@ -73,13 +80,16 @@ def info_nce_counts(
 
     With ``idx`` a batch of ids and ``uniq, counts = idx.unique(return_counts=True)``,
     ``info_nce_counts(A[uniq], B[uniq], τ, counts)`` equals ``info_nce(A[idx], B[idx], τ)``:
-    a repeated row is still its own false negative (``log c_j`` enters its logit) and
-    each distinct row's loss is weighted by its count. ``counts=None`` means all ones.
-    Cheaper than :func:`info_nce` (``n_distinct²`` instead of ``B²`` and fewer passes).
+    a repeated row is still its own false negative (it enters the denominator
+    ``counts[j]`` times) and each distinct row's loss is weighted by its count.
+    ``counts=None`` means all ones. Cheaper than :func:`info_nce`: ``n_distinct²``
+    instead of ``B²``, and fewer passes over the logits.
     """
     a = F.normalize(anchor, dim=-1) / temperature
     p = F.normalize(positive, dim=-1)
     if counts is None:
         counts = torch.ones(a.shape[0], device=a.device, dtype=a.dtype)
     counts = counts.to(a.dtype)
-    return _CountedNCE.apply(a, p, counts.log(), counts / counts.sum())
+    # |logit| <= 1/τ: without a shift, exp stays finite while 1/τ is well below ~88 - log n.
+    shift = 1.0 / temperature > 20.0
+    return _CountedNCE.apply(a, p, counts, counts / counts.sum(), shift)

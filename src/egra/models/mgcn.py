@@ -34,11 +34,12 @@ from egra.models.losses import bpr_loss, info_nce_counts, l2_squared
 
 
 class MGCNViews(NamedTuple):
-    """Node representations of one forward pass; every tensor is ``[U + I, d]``.
+    """Node representations of one forward pass, all with the same rows (``[rows, d]``).
 
     ``content`` is the behavior view ``C``, ``side`` the fused modality view ``S``,
     ``fused`` the final ``Z = C + S`` and ``modal[m]`` the per-modality ``H_m`` before
-    the fuser. Users come first (rows ``:U``), items after.
+    the fuser. From ``MGCN.views()`` the rows are all ``U + I`` nodes, users first;
+    from ``MGCN.views(users, items)`` the requested users followed by the requested items.
     """
 
     content: Tensor

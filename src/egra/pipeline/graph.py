@@ -19,6 +19,12 @@ from egra.graphs.knn import knn_graph
 from egra.pipeline.cache import ArtifactCache, artifact_key
 
 log = logging.getLogger(__name__)
+# Backbone metrics carried into the EGRA run's metrics.json (for side-by-side tables).
+BACKBONE_KEYS = (
+    "valid/Recall@20",
+    *(f"test/{m}@{k}" for m in ("Recall", "NDCG") for k in (10, 20, 50)),
+    "test/popgroup0/Recall@20",
+)
 
 
 def _to_csr(art, n: int) -> sp.csr_matrix:
@@ -88,7 +94,7 @@ def pretrained_item_graph(cfg: DictConfig, dm) -> tuple[sp.csr_matrix | None, di
         "graph_nnz": int(art.manifest["nnz"]),
     }
     bb = emb.manifest.get("metrics") or {}
-    for k in ("test/Recall@20", "test/NDCG@20", "valid/Recall@20"):
+    for k in BACKBONE_KEYS:
         if k in bb:
             info[f"backbone/{k}"] = bb[k]
     log.info(

@@ -32,3 +32,15 @@ def comparison_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[
         cells = " | ".join(f"{m[c]:.4f}" if isinstance(m.get(c), (int, float)) else "" for c in columns)
         body.append(f"| {name} | {cells} |")
     return "\n".join([head, sep, *body])
+
+
+def side_by_side(metrics: Mapping[str, float], keys: Sequence[str] | None = None) -> str:
+    """A run's metrics next to the ``backbone/``-prefixed ones of its pretrained backbone."""
+    keys = keys or [k for k in metrics if f"backbone/{k}" in metrics]
+    width = max(len(k) for k in keys) + 2 if keys else 10
+    lines = [f"{'metric':<{width}}{'backbone':>10}{metrics.get('model', 'model'):>10}{'change':>9}"]
+    for k in keys:
+        b, m = metrics[f"backbone/{k}"], metrics[k]
+        change = f"{(m - b) / b * 100:+.1f}%" if b else ""
+        lines.append(f"{k:<{width}}{b:>10.4f}{m:>10.4f}{change:>9}")
+    return "\n".join(lines)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from egra.metrics import popularity_groups
 from egra.pipeline.io import git_revision, read_json, write_json
-from egra.pipeline.tables import metrics_table
+from egra.pipeline.tables import metrics_table, side_by_side
 from egra.training.module import RecommenderModule
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,19 @@ def load_data(cfg: DictConfig):
     return dm
 
 
+def _fit_summary(trainer: L.Trainer, module: RecommenderModule) -> tuple[int, int]:
+    """(best epoch, epochs run). Read from last.ckpt when there is one: with ``ddp_spawn``
+    the fit ran in child processes and only the weights came back to this one."""
+    cb = trainer.checkpoint_callback
+    last = None
+    if cb is not None and getattr(cb, "dirpath", None):
+        last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    if last is not None and last.exists():
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return int(ckpt.get("egra_best", {}).get("epoch", -1)), int(ckpt["epoch"]) + 1
+    return module.best_epoch, int(trainer.current_epoch)
+
+
 def fit_and_evaluate(cfg: DictConfig, dm, net, out_dir: Path) -> tuple[RecommenderModule, dict[str, Any]]:
     """Fit with early stopping, then valid and test on the best-valid checkpoint.
 
@@ -104,9 +117,9 @@ def fit_and_evaluate(cfg: DictConfig, dm, net, out_dir: Path) -> tuple[Recommend
 
     trainer.fit(module, datamodule=dm, ckpt_path=_resolve_ckpt(cfg, out_dir))
     fit_s = time.perf_counter() - t_start
-    best_epoch = module.best_epoch
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    best_epoch, epochs_run = _fit_summary(trainer, module)
     # Best-valid epoch's weights, then valid and test on them (= MMRec's "test at best valid").
     valid = trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
     test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
@@ -115,7 +128,7 @@ def fit_and_evaluate(cfg: DictConfig, dm, net, out_dir: Path) -> tuple[Recommend
     metrics.update(
         {
             "best_epoch": int(best_epoch),
-            "epochs_run": int(trainer.current_epoch),
+            "epochs_run": epochs_run,
             "fit_time_s": round(fit_s, 3),
             "model": str(cfg.model._target_).rsplit(".", 1)[-1],
             "dataset": dm.data.name,
@@ -162,5 +175,8 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
             f"{metrics['fit_time_s']:.1f}s training"
         )
         print(metrics_table(metrics, "test", tuple(cfg.eval.ks)))
+        if any(k.startswith("backbone/") for k in metrics):
+            print(f"\n{metrics['model']} next to its backbone ({metrics['graph_source']}, pretrained):")
+            print(side_by_side(metrics))
         print(f"results: {metrics_path}")
     return metrics
