@@ -50,7 +50,7 @@ format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff check --fix src tests bench
 
 data: $(STAMP) ## Place a real dataset: make data DATASET=baby|sports|clothing|elec
-	$(BIN)/python -m egra.data.fetch $(DATASET) --data-dir data
+	$(BIN)/python -m egra.data.fetch $(DATASET) --data-dir data $(ARGS)
 
 bench: $(STAMP) ## Run the benchmarks in bench/ (writes bench/results/*.json)
 	$(BIN)/python bench/knn_graph.py
