@@ -18,10 +18,11 @@ def config_dir() -> str:
     raise FileNotFoundError("cannot find the conf/ directory: set EGRA_CONF to the project's conf/ folder")
 
 
-def finish_wandb() -> None:
-    """Close a live W&B run so the jobs of a multirun never merge into one."""
+def finish_wandb(exit_code: int | None = None) -> None:
+    """Close a live W&B run so the jobs of a multirun never merge into one (a non-zero
+    ``exit_code`` marks the W&B run as failed)."""
     import sys
 
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+        wandb.finish(exit_code=exit_code)

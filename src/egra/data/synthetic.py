@@ -52,6 +52,7 @@ __all__ = [
     "ensure_synthetic",
     "generate",
     "generate_full",
+    "load_synthetic",
 ]
 
 GENERATOR_VERSION = 1

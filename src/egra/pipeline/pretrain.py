@@ -106,6 +106,7 @@ def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
             work = cache.path("embeddings", key).with_name(f".{key}.work")
             shutil.rmtree(work, ignore_errors=True)  # leftovers of a killed run
             arrays, extra = _train_backbone(cfg, name, dm, work)
+            shutil.rmtree(work, ignore_errors=True)  # checkpoints are not part of the artifact
         else:
             raise ValueError(f"backbone {name}: unknown kind {bcfg['kind']!r}")
         meta = {

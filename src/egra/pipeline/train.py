@@ -101,11 +101,19 @@ def _fit_summary(trainer: L.Trainer, module: RecommenderModule) -> tuple[int, in
     return module.best_epoch, int(trainer.current_epoch)
 
 
-def fit_and_evaluate(cfg: DictConfig, dm, net, out_dir: Path) -> tuple[RecommenderModule, dict[str, Any]]:
+def fit_and_evaluate(
+    cfg: DictConfig,
+    dm,
+    net,
+    out_dir: Path,
+    extra_metrics: dict[str, Any] | None = None,
+    started: float | None = None,
+) -> tuple[RecommenderModule, dict[str, Any]]:
     """Fit with early stopping, then valid and test on the best-valid checkpoint.
 
-    Returns the module (holding the best weights) and the flat metrics dict. Writes
-    ``out_dir/metrics.json`` on rank 0.
+    Returns the module (holding the best weights) and the flat metrics dict, which also
+    holds ``extra_metrics`` and, given the ``time.perf_counter()`` the run ``started`` at,
+    ``wall_time_s``. Every number of it goes to the loggers as the run's final values.
     """
     t_start = time.perf_counter()
     module = build_module(cfg, dm, net)
@@ -137,9 +145,15 @@ def fit_and_evaluate(cfg: DictConfig, dm, net, out_dir: Path) -> tuple[Recommend
             "git_revision": git_revision(),
         }
     )
-    if trainer.is_global_zero:
+    metrics.update(extra_metrics or {})
+    if started is not None:
+        metrics["wall_time_s"] = round(time.perf_counter() - started, 3)
+    if trainer.is_global_zero and loggers:
+        numbers = {
+            k: int(v) if isinstance(v, bool) else v for k, v in metrics.items() if isinstance(v, (int, float))
+        }
         for lg in loggers:
-            lg.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
+            lg.log_metrics(numbers)
     return module, metrics
 
 
@@ -163,10 +177,11 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
         from egra.pipeline.graph import pretrained_item_graph
 
         extra["item_graph"], stage_info = pretrained_item_graph(cfg, dm)
+        # Training a backbone consumes the global RNGs, reusing its cached artifact does not:
+        # re-seed so the model starts the same either way (sweeps and resumed runs reuse it).
+        L.seed_everything(int(cfg.seed), workers=True)
     net = build_net(cfg, dm, extra)
-    module, metrics = fit_and_evaluate(cfg, dm, net, out_dir)
-    metrics.update(stage_info)
-    metrics["wall_time_s"] = round(time.perf_counter() - t_start, 3)
+    module, metrics = fit_and_evaluate(cfg, dm, net, out_dir, extra_metrics=stage_info, started=t_start)
     if rank_zero_only.rank == 0:
         write_json(metrics_path, metrics)
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)

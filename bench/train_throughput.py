@@ -1,0 +1,385 @@
+"""Benchmark: training throughput, evaluation time, graph building and peak memory.
+
+For LightGCN, MGCN and EGRA on the generated ``baby`` preset (Amazon Baby's shape: 19,445
+users, 7,050 items, ~160k interactions, 4096-d image and 384-d text features), at one
+torch thread and at all cores, this measures:
+
+* ``epoch_s_median`` — wall seconds per training epoch (median over ``--epochs``
+  epochs), run the way training really runs: a Lightning ``Trainer`` fitting our
+  ``RecommenderModule`` on our ``RecDataModule`` (BPR sampler, model loss, backward,
+  fused Adam, per-step logging), with validation off (``limit_val_batches=0``) and no
+  checkpointing, so only the training loop is timed. ``epoch_cpu_s_median`` is the
+  process CPU time of the same epochs: the figure to trust when other jobs share the
+  cores (wall time then includes waiting for a core).
+* ``eval_s`` — one full-ranking validation pass over all valid users
+  (``trainer.validate``: one full forward, then chunks of score / mask / top-50 /
+  metrics), median of ``--eval-repeats`` passes; ``test_s`` the same for the test split
+  (it adds the popularity-group metrics).
+* ``graph_build_s`` — one-off graph building: the model's construction (normalised
+  user-item adjacency and, for MGCN/EGRA, the modality kNN graphs from the raw
+  features) and, for EGRA, the ``S^pt`` graph (``egra.pipeline.graph.build_item_graph``
+  on random 64-d item vectors standing in for the pretrained embeddings).
+* ``ckpt_s`` / ``ckpt_mb`` — saving one full checkpoint (weights + optimizer state)
+  after training, i.e. what ``ModelCheckpoint`` writes for each file it saves.
+* ``peak_mb`` — the case's peak resident memory (``ru_maxrss``); every (model, threads)
+  case runs in a fresh subprocess.
+
+Model settings are the project's configs (``conf/model/*.yaml``, MMRec's defaults: batch
+2048, 64-d, LightGCN 2 layers, MGCN 2 + 1 layers with trainable raw features and
+``cl_loss`` 0.01) and the optimizer is ``conf/train.yaml``'s ``optim`` (fused Adam).
+
+Every record carries MMRec's reference timings (``mmrec-protocol.md``, appendix: 1 thread
+on a 2-core machine) and the ratios to them; EGRA has no MMRec reference and is compared
+with our MGCN epoch at the same thread count.
+
+    python bench/train_throughput.py                 # baby, 1 and 2 threads (~15 min)
+    python bench/train_throughput.py --threads 1     # one-thread figures only
+    python bench/train_throughput.py --quick         # smoke run on the small preset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CONF_DIR = ROOT / "conf"
+DEFAULT_OUT = HERE / "results" / "train_throughput.json"
+
+# MMRec on Baby-shaped synthetic data, 1 torch thread (mmrec-protocol.md, appendix).
+REFERENCE = {
+    "lightgcn": {"epoch_s": 7.0, "eval_s": 3.8, "graph_build_s": 0.3},
+    "mgcn": {"epoch_s": 52.0, "eval_s": 4.4, "graph_build_s": 11.0},
+}
+# Targets of the performance issue (1 thread, baby): ratio to the reference.
+TARGETS = {
+    "lightgcn": {"epoch": 0.40, "eval": 0.35},
+    "mgcn": {"epoch": 0.45, "eval": 0.35},
+    "egra": {"epoch_vs_mgcn": 1.30, "eval": 0.35},
+}
+MODELS = ("lightgcn", "mgcn", "egra")
+
+
+# ----------------------------------------------------------------------------------------
+# Child side: one (model, threads) case
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _compose(case: dict, out_dir: str):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    overrides = [
+        f"paths.root_dir={case['root_dir']}",
+        "data=synthetic",
+        f"data.preset={case['preset']}",
+        f"model={case['model']}",
+        "logger=none",
+        f"threads={case['threads']}",
+        "knn.device=cpu",
+    ]
+    if case["model"] in ("mgcn", "egra"):
+        overrides.append("model.knn_device=cpu")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = out_dir
+    return cfg
+
+
+def run_case(case: dict) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(int(case["threads"]))
+    import lightning as L
+
+    from egra.pipeline.train import build_module, build_net, load_data
+    from egra.training.callbacks import AlignmentSchedule
+
+    rec: dict = {"load_1m_start": round(os.getloadavg()[0], 2)}
+    out_dir = tempfile.mkdtemp(prefix="egra-bench-")
+    cfg = _compose(case, out_dir)
+    L.seed_everything(int(cfg.seed), workers=True)
+    dm = load_data(cfg)
+    rec["dataset"] = dm.data.name
+    rec["n_users"], rec["n_items"] = int(dm.data.n_users), int(dm.data.n_items)
+    rec["train_batches"] = len(dm.train_dataloader())
+
+    extra = {}
+    spt_s = 0.0
+    if case["model"] == "egra":
+        from egra.pipeline.graph import build_item_graph
+
+        items = np.random.default_rng(0).standard_normal((dm.data.n_items, 64)).astype(np.float32)
+        t = time.perf_counter()
+        m = cfg.model
+        extra["item_graph"] = build_item_graph(
+            items, int(m.k_pt), bool(m.pt_symmetric), bool(m.pt_weighted), cfg.knn
+        )
+        spt_s = time.perf_counter() - t
+    t, c = time.perf_counter(), time.process_time()
+    net = build_net(cfg, dm, extra)
+    rec["init_s"] = round(time.perf_counter() - t, 3)
+    rec["init_cpu_s"] = round(time.process_time() - c, 3)
+    rec["spt_graph_s"] = round(spt_s, 3)
+    rec["graph_build_s"] = round(rec["init_s"] + spt_s, 3)
+    rec["params_m"] = round(sum(p.numel() for p in net.parameters() if p.requires_grad) / 1e6, 2)
+    module = build_module(cfg, dm, net)
+
+    class EpochTimer(L.Callback):
+        def __init__(self) -> None:
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._t, self._c = time.perf_counter(), time.process_time()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.wall.append(time.perf_counter() - self._t)
+            self.cpu.append(time.process_time() - self._c)
+
+    timer = EpochTimer()
+    common = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=out_dir,
+    )
+    trainer = L.Trainer(
+        max_epochs=int(case["epochs"]),
+        limit_val_batches=0,
+        callbacks=[AlignmentSchedule(), timer],
+        **common,
+    )
+    trainer.fit(module, datamodule=dm)
+    rec["epoch_s"] = [round(x, 3) for x in timer.wall]
+    rec["epoch_cpu_s"] = [round(x, 3) for x in timer.cpu]
+    # The first epoch includes one-off warm-up (allocator, lazy init): left out of the
+    # median when there are at least three epochs.
+    keep = slice(1, None) if len(timer.wall) >= 3 else slice(None)
+    rec["epoch_s_median"] = round(statistics.median(timer.wall[keep]), 3)
+    rec["epoch_cpu_s_median"] = round(statistics.median(timer.cpu[keep]), 3)
+    rec["step_s"] = round(rec["epoch_s_median"] / rec["train_batches"], 4)
+    rec["final_train_loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
+
+    # Checkpoint save (weights + optimizer state), as ModelCheckpoint writes each file.
+    ckpt = Path(out_dir) / "bench.ckpt"
+    t = time.perf_counter()
+    trainer.save_checkpoint(ckpt)
+    rec["ckpt_s"] = round(time.perf_counter() - t, 3)
+    rec["ckpt_mb"] = round(ckpt.stat().st_size / 2**20, 1)
+    ckpt.unlink()
+
+    # Full-ranking evaluation through Lightning.
+    ev = L.Trainer(**common)
+    walls, cpus, metrics = [], [], {}
+    for _ in range(int(case["eval_repeats"])):
+        t, c = time.perf_counter(), time.process_time()
+        metrics = ev.validate(module, datamodule=dm, verbose=False)[0]
+        walls.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    rec["eval_s"] = round(statistics.median(walls), 3)
+    rec["eval_cpu_s"] = round(statistics.median(cpus), 3)
+    rec["valid_recall20"] = round(float(metrics.get("valid/Recall@20", float("nan"))), 5)
+    t, c = time.perf_counter(), time.process_time()
+    ev.test(module, datamodule=dm, verbose=False)
+    rec["test_s"] = round(time.perf_counter() - t, 3)
+    rec["test_cpu_s"] = round(time.process_time() - c, 3)
+    rec["eval_users"] = int(len(np.unique(dm.data.pairs(1)[0])))
+
+    rec["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    rec["load_1m_end"] = round(os.getloadavg()[0], 2)
+    return rec
+
+
+def child_main(case_json: str) -> None:
+    rec = run_case(json.loads(case_json))
+    print("RESULT " + json.dumps(rec), flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Parent side
+
+
+def _run_subprocess(case: dict, timeout: float) -> dict:
+    env = dict(os.environ)
+    # torch.set_num_threads does the limiting; keep other BLAS pools from oversubscribing.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(case["threads"])
+    t = time.perf_counter()
+    try:
+        out = subprocess.run(
+            [sys.executable, __file__, "--run-case", json.dumps(case)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=str(ROOT),
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout:.0f}s"}
+    lines = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-15:]
+        return {"error": f"exit {out.returncode}", "stderr_tail": tail}
+    rec = json.loads(lines[-1][len("RESULT ") :])
+    rec["case_wall_s"] = round(time.perf_counter() - t, 1)
+    return rec
+
+
+def _add_reference(records: list[dict]) -> None:
+    mgcn_epoch = {r["threads"]: r.get("epoch_s_median") for r in records if r["model"] == "mgcn"}
+    mgcn_cpu = {r["threads"]: r.get("epoch_cpu_s_median") for r in records if r["model"] == "mgcn"}
+    for r in records:
+        if "error" in r:
+            continue
+        ref = REFERENCE.get(r["model"])
+        r["reference"] = ref
+        r["targets"] = TARGETS.get(r["model"])
+        if ref is not None:
+            r["epoch_ratio"] = round(r["epoch_s_median"] / ref["epoch_s"], 3)
+            r["epoch_cpu_ratio"] = round(r["epoch_cpu_s_median"] / ref["epoch_s"], 3)
+            r["eval_ratio"] = round(r["eval_s"] / ref["eval_s"], 3)
+            r["graph_build_ratio"] = round(r["graph_build_s"] / ref["graph_build_s"], 3)
+        else:
+            r["eval_ratio"] = round(r["eval_s"] / REFERENCE["mgcn"]["eval_s"], 3)
+            if mgcn_epoch.get(r["threads"]):
+                r["epoch_vs_mgcn"] = round(r["epoch_s_median"] / mgcn_epoch[r["threads"]], 3)
+                r["epoch_cpu_vs_mgcn"] = round(r["epoch_cpu_s_median"] / mgcn_cpu[r["threads"]], 3)
+
+
+def _fmt(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(records: list[dict]) -> None:
+    head = (
+        f"{'model':<9} {'thr':>3} {'epoch s':>8} {'cpu s':>7} {'ref':>5} {'ratio':>6} "
+        f"{'eval s':>7} {'ratio':>6} {'graph s':>8} {'ckpt s':>7} {'peak MB':>8} {'load':>5}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in records:
+        if "error" in r:
+            print(f"{r['model']:<9} {r['threads']:>3}  ERROR {r['error']}")
+            continue
+        ref = (r.get("reference") or {}).get("epoch_s")
+        ratio = r.get("epoch_ratio", r.get("epoch_vs_mgcn"))
+        tag = "" if "epoch_ratio" in r else "*"
+        print(
+            f"{r['model']:<9} {r['threads']:>3} {r['epoch_s_median']:>8.2f} {r['epoch_cpu_s_median']:>7.2f} "
+            f"{_fmt(ref, '>5.0f')} {_fmt(ratio, '>5.2f')}{tag or ' '} {r['eval_s']:>7.2f} "
+            f"{r['eval_ratio']:>6.2f} {r['graph_build_s']:>8.2f} {r['ckpt_s']:>7.2f} "
+            f"{r['peak_mb']:>8.0f} {r['load_1m_start']:>5.1f}"
+        )
+    print(
+        "epoch/eval ratios: ours / MMRec reference (1 thread); * EGRA epoch / our MGCN epoch "
+        "at the same thread count. eval ratio of EGRA vs MGCN's reference. load: 1-min load "
+        "average at the case's start (2 cores)."
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-case", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="smoke run: small preset, 2 epochs")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--threads", default=None, help="comma list (default: 1 and all cores)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per case (default 4; quick 2)")
+    p.add_argument("--eval-repeats", type=int, default=3)
+    p.add_argument("--preset", default=None, help="synthetic preset (default baby; quick: small)")
+    p.add_argument("--root-dir", default=str(ROOT), help="paths.root_dir (data under <root>/data)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--timeout", type=float, default=3600)
+    args = p.parse_args()
+    if args.run_case:
+        child_main(args.run_case)
+        return
+
+    preset = args.preset or ("small" if args.quick else "baby")
+    epochs = args.epochs or (2 if args.quick else 4)
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [1, os.cpu_count() or 1]
+    threads = list(dict.fromkeys(threads))
+    out = Path(args.out) if args.out else DEFAULT_OUT.with_name(
+        "train_throughput_quick.json" if args.quick else DEFAULT_OUT.name
+    )
+
+    from egra.data.synthetic import ensure_synthetic
+
+    t = time.perf_counter()
+    folder = ensure_synthetic(Path(args.root_dir) / "data" / "synthetic", preset, 0)
+    print(f"data: {folder} ({time.perf_counter() - t:.1f}s)", flush=True)
+
+    records = []
+    for th in threads:
+        for model in args.models.split(","):
+            case = {
+                "model": model,
+                "threads": th,
+                "preset": preset,
+                "epochs": epochs,
+                "eval_repeats": args.eval_repeats,
+                "root_dir": args.root_dir,
+            }
+            print(f"running {model} threads={th} ...", flush=True)
+            rec = {"model": model, "threads": th, "preset": preset, **_run_subprocess(case, args.timeout)}
+            records.append(rec)
+            if "error" in rec:
+                print(f"  error: {rec['error']}", *rec.get("stderr_tail", []), sep="\n  ", flush=True)
+            else:
+                print(
+                    f"  epoch {rec['epoch_s_median']:.2f}s (cpu {rec['epoch_cpu_s_median']:.2f}s), "
+                    f"eval {rec['eval_s']:.2f}s, graphs {rec['graph_build_s']:.2f}s, "
+                    f"peak {rec['peak_mb']:.0f} MB",
+                    flush=True,
+                )
+    _add_reference(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "epoch_measured_via": "lightning.Trainer.fit(RecommenderModule, RecDataModule), limit_val_batches=0",
+        "eval_measured_via": "lightning.Trainer.validate (full ranking of all valid users)",
+        "reference_source": "shared/reference/mmrec-protocol.md appendix (MMRec, 1 thread, 2-core CPU)",
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+    }
+    out.write_text(json.dumps([{**r, "meta": meta} for r in records], indent=2) + "\n")
+    print()
+    print_table(records)
+    print(f"\nwrote {out}")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()
