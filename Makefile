@@ -37,6 +37,16 @@ train: $(STAMP) ## Pretrain MGCN -> S^pt -> EGRA on generated data (EXPERIMENT=,
 test: $(STAMP) ## Run the test suite on tiny generated data
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# A sweep writes to a new timestamped directory; SWEEP_DIR=<that directory> re-runs it in place
+# (finished jobs are skipped, failed and missing ones run).
+ifeq ($(origin SWEEP_DIR),undefined)
+  SWEEP_DIR := logs/$(SWEEP)/multiruns/$(shell date +%Y-%m-%d_%H-%M-%S_%N)
+endif
+
+sweep: $(STAMP) ## Run a sweep, then report it: SWEEP=lambda_grid|k_pt|seeds|ablations|optuna ARGS="k=v ..." [SWEEP_DIR=<dir>]
+	$(BIN)/egra-train -m hparams_search=$(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
+	$(BIN)/egra-report $(SWEEP_DIR)
+
 report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/multiruns/<time> (default: newest)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun dir> [ARGS='--out D --metrics ...']"; exit 2; }
 	$(BIN)/egra-report $(DIR) $(ARGS)

@@ -26,8 +26,13 @@ Data: a deterministic Gaussian mixture ("clustered"): sqrt(N) centres ~ N(0, I),
 cluster sizes ~ 1/sqrt(rank), per-cluster spread 0.6-1.4, like real embeddings in
 having dense neighbourhoods (uniform random vectors are the worst case for ANN).
 
-    python bench/knn_graph.py            # full run (about 20-30 min on 2 cores)
-    python bench/knn_graph.py --quick    # smoke run (about a minute)
+    python bench/knn_graph.py            # full run (~40 min on a busy 2-core machine)
+    python bench/knn_graph.py --quick    # smoke run (~2 min), writes knn_graph_quick.json
+    python bench/knn_graph.py --only flat_sym --n 63001 --d 4096 --case-timeout 2400 --merge
+                                         # re-run chosen cases into the existing JSON
+
+Exact cases whose time, extrapolated as N² from the previous size of the same method,
+exceeds ``--case-timeout`` are skipped with that prediction recorded.
 """
 
 from __future__ import annotations

@@ -322,8 +322,10 @@ def main() -> None:
     epochs = args.epochs or (2 if args.quick else 4)
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [1, os.cpu_count() or 1]
     threads = list(dict.fromkeys(threads))
-    out = Path(args.out) if args.out else DEFAULT_OUT.with_name(
-        "train_throughput_quick.json" if args.quick else DEFAULT_OUT.name
+    out = (
+        Path(args.out)
+        if args.out
+        else DEFAULT_OUT.with_name("train_throughput_quick.json" if args.quick else DEFAULT_OUT.name)
     )
 
     from egra.data.synthetic import ensure_synthetic

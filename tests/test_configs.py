@@ -18,7 +18,9 @@ REAL = ("baby", "sports", "clothing", "elec", "mmrec")
 def test_experiment_composes(tmp_path, name):
     cfg = make_cfg(tmp_path, [f"experiment={name}", "data=synthetic", "data.preset=tiny"])
     assert cfg.model._target_.startswith("egra.models.")
-    assert cfg.task_name == name or name.startswith(("egra_graph", "egra_no", "egra_fixed", "egra_entity", "egra_epoch"))
+    assert cfg.task_name == name or name.startswith(
+        ("egra_graph", "egra_no", "egra_fixed", "egra_entity", "egra_epoch")
+    )
 
 
 @pytest.mark.parametrize("model", ["bpr", "lightgcn", "mgcn", "egra"])

@@ -7,11 +7,16 @@ from egra.graphs.adjacency import (
     sym_normalize,
     user_item_block,
 )
+from egra.graphs.knn import graph_stats, knn_graph, knn_graph_preset, topk_neighbors
 from egra.graphs.sparse import SparseOp, scipy_to_torch_csr
 
 __all__ = [
     "SparseOp",
     "bipartite_adjacency",
+    "graph_stats",
+    "knn_graph",
+    "knn_graph_preset",
+    "topk_neighbors",
     "interaction_matrix",
     "normalized_bipartite",
     "scipy_to_torch_csr",

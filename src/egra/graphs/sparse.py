@@ -49,7 +49,7 @@ def is_symmetric(m: sp.spmatrix, tol: float = 1e-6) -> bool:
 _NUMPY_DTYPES = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
 
 
-def _scipy_mm(m: sp.csr_matrix, x: Tensor) -> Tensor:
+def _scipy_mm(m: sp.spmatrix, x: Tensor) -> Tensor:
     """``m @ x`` for a CPU tensor ``x`` through scipy (no copy of a contiguous ``x``)."""
     out = m @ x.detach().contiguous().numpy()
     return torch.from_numpy(out)
@@ -68,7 +68,7 @@ class _SpMM(torch.autograd.Function):
 
 class _ScipySpMM(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, a: sp.csr_matrix, a_t: sp.csr_matrix) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, a: sp.spmatrix, a_t: sp.spmatrix) -> Tensor:  # type: ignore[override]
         ctx.a_t = a_t
         return _scipy_mm(a, x)
 
@@ -132,6 +132,23 @@ class SparseOp(nn.Module):
         if not torch.is_grad_enabled() or not x.requires_grad:
             return torch.sparse.mm(self.a, x)
         return _SpMM.apply(self.a, self.a if self.a_t is None else self.a_t, x)
+
+    def rows(self, x: Tensor, rows: Tensor) -> Tensor:
+        """``(A @ x)[rows]`` without the other rows: ``A[rows] @ x``, backward ``A[rows]ᵀ g``.
+
+        Row ``r`` of the result is the same dot product as row ``rows[r]`` of
+        ``forward(x)`` (same terms in the same order). Worth it when ``rows`` is a small
+        part of ``A``'s rows, e.g. the users and items of one training batch.
+        """
+        if x.dtype != self.a.dtype:
+            x = x.to(self.a.dtype)
+        mats = self._scipy(x.dtype) if x.device.type == "cpu" and self.a.device.type == "cpu" else None
+        if mats is None:
+            return self(x)[rows]
+        sub = mats[0][rows.detach().cpu().numpy()]
+        if not torch.is_grad_enabled() or not x.requires_grad:
+            return _scipy_mm(sub, x)
+        return _ScipySpMM.apply(x, sub, sub.T)
 
     def extra_repr(self) -> str:
         return f"shape={tuple(self.shape)}, nnz={self.nnz}, symmetric={self.symmetric}"

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite
-from egra.models.losses import bpr_loss, info_nce, l2_squared
-from egra.models.mgcn import MGCN
+from egra.models.losses import bpr_loss, info_nce, info_nce_counts, l2_squared
+from egra.models.mgcn import MGCN, project
 
 WEIGHTING_MODES = ("misaligned_up", "aligned_up", "uniform")
 RAMPS = ("linear", "cosine", "step")
@@ -58,6 +58,33 @@ def weighted_nce(
         w = entity_weights(a, mode, tau_w)
     per_row = info_nce(behavior, modality, tau, reduction="none")
     return (w * per_row).sum() / w.sum(), w, a
+
+
+def weighted_nce_counts(
+    behavior: Tensor, modality: Tensor, tau: float, mode: str, tau_w: float, counts: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`weighted_nce` of a batch given by its distinct rows and their multiplicities.
+
+    With ``uniq, counts = idx.unique(return_counts=True)`` the loss equals
+    ``weighted_nce(B[idx], M[idx], …)``: the entity softmax runs over the batch's
+    positions (a row repeated ``c`` times holds ``c`` shares of it) and every position
+    keeps its own weight, and the InfoNCE is :func:`info_nce_counts`. Returns (loss,
+    weights of the distinct rows, their alignment degrees).
+    """
+    with torch.no_grad():
+        a = torch.nn.functional.cosine_similarity(behavior, modality, dim=-1)
+        c = counts.to(a.dtype)
+        if mode == "uniform":
+            w = torch.ones_like(a)
+        elif mode in ("misaligned_up", "aligned_up"):
+            s = (-a if mode == "misaligned_up" else a) / tau_w
+            # n · softmax over positions: exp(s_j) / Σ_k c_k exp(s_k), in log space.
+            w = c.sum() * torch.exp(s - torch.logsumexp(s + c.log(), dim=0))
+        else:
+            raise ValueError(f"entity_weighting must be one of {WEIGHTING_MODES}, got {mode!r}")
+        cw = c * w
+    loss = info_nce_counts(behavior, modality, tau, counts=c, weights=cw / cw.sum())
+    return loss, w, a
 
 
 class EGRA(MGCN):
@@ -145,12 +172,22 @@ class EGRA(MGCN):
 
     def purified(self, m: str) -> Tensor:
         """``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` — ``[I, d]``."""
-        return self.item_emb * torch.sigmoid(self.proj[m](self.feature(m)))
+        return self.item_emb * torch.sigmoid(project(self.proj[m], self.feature(m)))
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """BPR + squared-L2 on the batch rows of ``E`` + ``λ(t)`` · weighted alignment.
+
+        As in :meth:`MGCN.loss`, the fuser runs on the batch's distinct users and items
+        and the alignment InfoNCEs on distinct rows with multiplicities
+        (:func:`weighted_nce_counts`): the numbers of the per-position computation.
+        """
         b = users.shape[0]
-        v = self.views(users, torch.cat([pos, neg]))
-        u, p, n = v.fused[:b], v.fused[b : 2 * b], v.fused[2 * b :]
+        uu, u_inv, u_cnt = torch.unique(users, return_inverse=True, return_counts=True)
+        ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        nu = uu.shape[0]
+        v = self.views(uu, ii)
+        z_u, z_i = v.fused[:nu], v.fused[nu:]
+        u, p, n = z_u[u_inv], z_i[i_inv[:b]], z_i[i_inv[b:]]
         bpr = bpr_loss(u, p, n)
         reg = self.reg_weight * l2_squared(u, p, n, denom=self.reg_denominator)
         out = {"bpr": bpr.detach(), "reg": reg.detach()}
@@ -159,22 +196,26 @@ class EGRA(MGCN):
         if lam != 0.0:
             eb, emm = v.content, v.side  # behavior view E^b and modality view E^mm
             mode, tw = self.entity_weighting, self.tau_w
-            l_u, w_u, a_u = weighted_nce(eb[:b], emm[:b], self.tau_u, mode, tw)
-            l_i, w_i, a_i = weighted_nce(eb[b : 2 * b], emm[b : 2 * b], self.tau_i, mode, tw)
+            p_rows, p_cnt = torch.unique(i_inv[:b], return_counts=True)
+            p_rows = p_rows + nu
+            l_u, w_u, a_u = weighted_nce_counts(eb[:nu], emm[:nu], self.tau_u, mode, tw, u_cnt)
+            l_i, w_i, a_i = weighted_nce_counts(eb[p_rows], emm[p_rows], self.tau_i, mode, tw, p_cnt)
             align = l_u + l_i
             if self.cross_pairs:
                 # (user behavior, interacted item modality) as extra positive pairs.
-                align = align + info_nce(eb[:b], emm[b : 2 * b], self.tau_u)
+                align = align + info_nce(eb[u_inv], emm[nu + i_inv[:b]], self.tau_u)
             total = total + lam * align
+            # Statistics over the batch's positions, as if every row were repeated.
+            c_u, c_i = u_cnt.to(w_u.dtype), p_cnt.to(w_i.dtype)
             w = torch.cat([w_u, w_i])
             out.update(
                 {
                     "align": align.detach(),
-                    "align/weight_mean": w.mean(),
+                    "align/weight_mean": ((c_u * w_u).sum() + (c_i * w_i).sum()) / (2 * b),
                     "align/weight_min": w.min(),
                     "align/weight_max": w.max(),
-                    "align/degree_user": a_u.mean(),
-                    "align/degree_item": a_i.mean(),
+                    "align/degree_user": (c_u * a_u).sum() / b,
+                    "align/degree_item": (c_i * a_i).sum() / b,
                 }
             )
         out["loss"] = total

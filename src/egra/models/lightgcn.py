@@ -11,13 +11,28 @@ from egra.models.base import Recommender
 from egra.models.losses import bpr_loss, l2_norms
 
 
-def propagate_mean(op: SparseOp, x0: Tensor, n_layers: int) -> Tensor:
-    """``mean(x0, Âx0, …, Â^L x0)`` — LightGCN's layer combination (layer 0 included)."""
-    out = x0
+def propagate_mean(op: SparseOp, x0: Tensor, n_layers: int, rows: Tensor | None = None) -> Tensor:
+    """``mean(x0, Âx0, …, Â^L x0)`` — LightGCN's layer combination (layer 0 included).
+
+    With ``rows`` only those rows of the result (``[len(rows), d]``, the same numbers):
+    the last layer is then computed for those rows alone (``Â[rows] Â^{L-1} x0``), which
+    is what a training step needs.
+    """
+    if rows is None:
+        out = x0
+        x = x0
+        for _ in range(n_layers):
+            x = op(x)
+            out = out + x
+        return out / (n_layers + 1)
+    out = x0[rows]
     x = x0
-    for _ in range(n_layers):
-        x = op(x)
-        out = out + x
+    for layer in range(n_layers):
+        if layer == n_layers - 1:
+            out = out + op.rows(x, rows)
+        else:
+            x = op(x)
+            out = out + x[rows]
     return out / (n_layers + 1)
 
 
@@ -83,3 +98,17 @@ class LightGCN(BPRMF):
         x0 = torch.cat([self.user_emb, self.item_emb], dim=0)
         out = propagate_mean(self.adj, x0, self.n_layers)
         return out[: self.n_users], out[self.n_users :]
+
+    def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
+        """BPRMF's loss on ``E*``, propagated for the batch's distinct users and items only."""
+        b = users.shape[0]
+        uu, u_inv = torch.unique(users, return_inverse=True)
+        ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+        x0 = torch.cat([self.user_emb, self.item_emb], dim=0)
+        out = propagate_mean(self.adj, x0, self.n_layers, torch.cat([uu, ii + self.n_users]))
+        z_u, z_i = out[: uu.shape[0]], out[uu.shape[0] :]
+        bpr = bpr_loss(z_u[u_inv], z_i[i_inv[:b]], z_i[i_inv[b:]])
+        reg = self.reg_weight * l2_norms(
+            self.user_emb[users], self.item_emb[pos], self.item_emb[neg], denom=users.shape[0]
+        )
+        return {"loss": bpr + reg, "bpr": bpr.detach(), "reg": reg.detach()}

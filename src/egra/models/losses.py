@@ -74,7 +74,11 @@ class _CountedNCE(torch.autograd.Function):
 
 
 def info_nce_counts(
-    anchor: Tensor, positive: Tensor, temperature: float, counts: Tensor | None = None
+    anchor: Tensor,
+    positive: Tensor,
+    temperature: float,
+    counts: Tensor | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """:func:`info_nce` (mean reduction) over distinct rows that each stand for ``counts[j]`` rows.
 
@@ -84,12 +88,18 @@ def info_nce_counts(
     ``counts[j]`` times) and each distinct row's loss is weighted by its count.
     ``counts=None`` means all ones. Cheaper than :func:`info_nce`: ``n_distinct²``
     instead of ``B²``, and fewer passes over the logits.
+
+    ``weights`` (no gradient) replaces the per-row loss weights ``counts / Σ counts``:
+    the result is ``Σ_j weights[j] · NCE_j``; for a weighted mean over the batch's
+    positions pass ``counts · w / Σ counts · w``.
     """
     a = F.normalize(anchor, dim=-1) / temperature
     p = F.normalize(positive, dim=-1)
     if counts is None:
         counts = torch.ones(a.shape[0], device=a.device, dtype=a.dtype)
     counts = counts.to(a.dtype)
+    if weights is None:
+        weights = counts / counts.sum()
     # |logit| <= 1/τ: without a shift, exp stays finite while 1/τ is well below ~88 - log n.
     shift = 1.0 / temperature > 20.0
-    return _CountedNCE.apply(a, p, counts, counts / counts.sum(), shift)
+    return _CountedNCE.apply(a, p, counts, weights.detach().to(a.dtype), shift)

@@ -48,6 +48,60 @@ class MGCNViews(NamedTuple):
     modal: dict[str, Tensor]
 
 
+class _BlockedLinear(torch.autograd.Function):
+    """``x Wᵀ + b`` for a tall ``x`` (the raw feature tables), by row / column blocks on the CPU.
+
+    The three products of a linear layer over ``[7050, 4096]`` features run ~10-30%
+    faster through MKL in blocks of a few hundred rows (forward, ``∂x = g W``) or
+    columns (``∂W = gᵀ x``) than as one call; every output entry is the same dot product
+    as in the single call.
+    """
+
+    ROWS = 256
+    COLS = 1024
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        out = x.new_empty(x.shape[0], weight.shape[0])
+        wt = weight.T
+        for r in range(0, x.shape[0], _BlockedLinear.ROWS):
+            rows = slice(r, r + _BlockedLinear.ROWS)
+            if bias is None:
+                torch.mm(x[rows], wt, out=out[rows])
+            else:
+                torch.addmm(bias, x[rows], wt, out=out[rows])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = x.new_empty(x.shape)
+            for r in range(0, x.shape[0], _BlockedLinear.ROWS):
+                rows = slice(r, r + _BlockedLinear.ROWS)
+                torch.mm(grad[rows], weight, out=grad_x[rows])
+        if ctx.needs_input_grad[1]:
+            grad_w = weight.new_empty(weight.shape)
+            gt = grad.T
+            for c in range(0, x.shape[1], _BlockedLinear.COLS):
+                cols = slice(c, c + _BlockedLinear.COLS)
+                torch.mm(gt, x[:, cols], out=grad_w[:, cols])
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=0)
+        return grad_x, grad_w, grad_b
+
+
+def project(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``; for large float32 inputs on the CPU through :class:`_BlockedLinear`."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() < (1 << 22) or x.dim() != 2:
+        return layer(x)
+    return _BlockedLinear.apply(x.contiguous(), layer.weight, layer.bias)
+
+
 def _as_float_tensor(x) -> Tensor:
     """A float32 copy that owns its memory (training must not write into the caller's array)."""
     if isinstance(x, Tensor):
@@ -142,14 +196,14 @@ class MGCN(Recommender):
         """Raw feature table ``X_m`` (``[I, d_m]``; a parameter when trainable)."""
         return getattr(self, f"feat_{m}")
 
-    def content_view(self) -> Tensor:
-        """``C = mean_{l=0..L} Â^l [E_U; E_I]`` — ``[U + I, d]``."""
+    def content_view(self, rows: Tensor | None = None) -> Tensor:
+        """``C = mean_{l=0..L} Â^l [E_U; E_I]`` — ``[U + I, d]``, or its ``rows`` (node ids)."""
         x0 = torch.cat([self.user_emb, self.item_emb], dim=0)
-        return propagate_mean(self.adj, x0, self.n_ui_layers)
+        return propagate_mean(self.adj, x0, self.n_ui_layers, rows)
 
     def purified(self, m: str) -> Tensor:
         """``Ĥ_m = E_I ⊙ σ(G_m(X_m W_mᵀ + b_m))`` — ``[I, d]``."""
-        f = self.proj[m](self.feature(m))
+        f = project(self.proj[m], self.feature(m))
         return self.item_emb * torch.sigmoid(self.purifier[m](f))
 
     def item_modality_view(self, m: str) -> Tensor:
@@ -190,27 +244,28 @@ class MGCN(Recommender):
 
         Without arguments: every node, ``[U + I, d]`` with users first. With ``users``
         and/or ``items`` (id tensors, repeats allowed): the rows ``users`` followed by the
-        rows ``items``. The graphs are always propagated in full; the fuser, which works
-        row by row, only runs on the requested rows (that is what makes a training step
-        cheap: a batch touches a few thousand of the ``U + I`` rows).
+        rows ``items``. Everything after the modality features' item graphs runs for the
+        requested rows alone: the last layer of ``C`` (``Â[rows] Â^{L-1} x0``), the user
+        step ``R̂[users] H_m^I`` and the fuser, which works row by row (that is what makes a
+        training step cheap: a batch touches a few thousand of the ``U + I`` rows).
         """
-        content = self.content_view()
         items_h = {m: self.item_modality_view(m) for m in self.modalities}
-        users_h = {m: self.r_hat(h) for m, h in items_h.items()}
         if users is None and items is None:
-            modal = {m: torch.cat([users_h[m], items_h[m]], dim=0) for m in self.modalities}
+            content = self.content_view()
+            modal = {m: torch.cat([self.r_hat(h), h], dim=0) for m, h in items_h.items()}
         else:
-            parts_c, parts_m = [], {m: [] for m in self.modalities}
-            if users is not None:
-                parts_c.append(content[users])
-                for m in self.modalities:
-                    parts_m[m].append(users_h[m][users])
-            if items is not None:
-                parts_c.append(content[items + self.n_users])
-                for m in self.modalities:
-                    parts_m[m].append(items_h[m][items])
-            content = torch.cat(parts_c, dim=0) if len(parts_c) > 1 else parts_c[0]
-            modal = {m: torch.cat(p, dim=0) if len(p) > 1 else p[0] for m, p in parts_m.items()}
+            # Only the requested rows: the last propagation step of C and the user step
+            # R̂ H_m^I are computed for them alone (same numbers as the full views' rows).
+            node_rows = [r for r in (users, None if items is None else items + self.n_users) if r is not None]
+            content = self.content_view(torch.cat(node_rows) if len(node_rows) > 1 else node_rows[0])
+            modal = {}
+            for m, h in items_h.items():
+                parts = []
+                if users is not None:
+                    parts.append(self.r_hat.rows(h, users))
+                if items is not None:
+                    parts.append(h[items])
+                modal[m] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         side = self.fuse(content, modal)
         return MGCNViews(content=content, side=side, fused=content + side, modal=modal)
 

@@ -46,6 +46,10 @@ class RecommenderModule(L.LightningModule):
         self._sums: dict[str, Tensor] = {}
 
     # -- training --------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._train_sums: dict[str, Tensor] = {}
+        self._train_rows = 0
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         users, pos, neg = batch[0], batch[1], batch[2]
         out = self.net.loss(users, pos, neg)
@@ -53,10 +57,27 @@ class RecommenderModule(L.LightningModule):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}")
         # "term" -> train/loss_term; a key with a "/" ("align/weight_mean") is logged as is.
+        # Epoch means weighted by batch size, as log(on_epoch=True, batch_size=B) gives, but
+        # summed here and logged once per epoch: Lightning's per-step log() costs more than
+        # a LightGCN step's arithmetic.
+        b = users.shape[0]
         logs = {"train/loss": loss.detach()}
         logs.update({(k if "/" in k else f"train/loss_{k}"): v for k, v in out.items() if k != "loss"})
-        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=users.shape[0])
+        if not hasattr(self, "_train_sums"):  # training_step called outside a fit epoch
+            self.on_train_epoch_start()
+        sums = self._train_sums
+        for key, value in logs.items():
+            value = value.detach().to(torch.float64) * b
+            sums[key] = sums[key] + value if key in sums else value
+        self._train_rows += b
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        rows = getattr(self, "_train_rows", 0)
+        if rows:
+            means = {k: (v / rows).to(torch.float32) for k, v in self._train_sums.items()}
+            self.log_dict(means, on_step=False, on_epoch=True)
+        self._train_sums, self._train_rows = {}, 0
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(params=[p for p in self.net.parameters() if p.requires_grad])

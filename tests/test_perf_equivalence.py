@@ -1,0 +1,273 @@
+"""The performance work changed how things are computed, never what: fast paths vs references.
+
+Each fast path is checked against the plain computation it replaced (kept here as the
+reference): the scipy sparse products and their row-restricted form, the blocked
+feature projection, LightGCN's batch-only propagation and EGRA's distinct-row alignment
+loss. The last test trains seeded tiny runs through the whole pipeline twice, once with
+the fast paths and once with every reference patched in, and asks for the same metrics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from egra.graphs.sparse import SparseOp
+from egra.models import EGRA, LightGCN
+from egra.models.base import Recommender
+from egra.models.egra import weighted_nce
+from egra.models.lightgcn import BPRMF, propagate_mean
+from egra.models.losses import bpr_loss, info_nce, l2_squared
+from egra.models.mgcn import _BlockedLinear, project
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _random_graph(n_rows: int, n_cols: int, density: float, seed: int, symmetric: bool) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    m = sp.random(n_rows, n_cols, density=density, random_state=rng, dtype=np.float32, format="csr")
+    if symmetric:
+        m = ((m + m.T) * 0.5).tocsr()
+    return m
+
+
+def _data(seed=0, n_users=30, n_items=20):
+    rng = np.random.default_rng(seed)
+    users = np.repeat(np.arange(n_users), 4)
+    items = np.concatenate([rng.choice(n_items, 4, replace=False) for _ in range(n_users)])
+    feats = {"image": rng.standard_normal((n_items, 12)), "text": rng.standard_normal((n_items, 6))}
+    return {
+        "n_users": n_users,
+        "n_items": n_items,
+        "train_users": users,
+        "train_items": items,
+        "features": feats,
+    }
+
+
+def _item_graph(n_items, seed=1):
+    rng = np.random.default_rng(seed)
+    rows = np.repeat(np.arange(n_items), 3)
+    cols = (rows + rng.integers(1, n_items, size=rows.size)) % n_items
+    g = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_items, n_items))
+    g.data[:] = 1.0
+    return g.maximum(g.T).tocsr()
+
+
+def _batch_with_repeats(n_users, n_items, b=24, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    users = torch.randint(n_users // 2, (b,), generator=g)  # few distinct users: many repeats
+    pos = torch.randint(n_items // 2, (b,), generator=g)
+    neg = torch.randint(n_items, (b,), generator=g)
+    return users, pos, neg
+
+
+# ------------------------------------------------------------------ references
+def ref_sparse_forward(self: SparseOp, x):
+    """The product as a plain dense matmul (what every sparse path must equal)."""
+    a = self.a.to_dense().to(x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32)
+    return a @ x.to(a.dtype)
+
+
+def ref_sparse_rows(self: SparseOp, x, rows):
+    return self(x)[rows]
+
+
+def ref_egra_loss(self: EGRA, users, pos, neg):
+    """EGRA's loss as first written: every batch position its own row, full views."""
+    b = users.shape[0]
+    v = self.views(users, torch.cat([pos, neg]))
+    u, p, n = v.fused[:b], v.fused[b : 2 * b], v.fused[2 * b :]
+    bpr = bpr_loss(u, p, n)
+    reg = self.reg_weight * l2_squared(u, p, n, denom=self.reg_denominator)
+    out = {"bpr": bpr.detach(), "reg": reg.detach()}
+    total = bpr + reg
+    lam = float(self.align_weight)
+    if lam != 0.0:
+        eb, emm = v.content, v.side
+        mode, tw = self.entity_weighting, self.tau_w
+        l_u, w_u, a_u = weighted_nce(eb[:b], emm[:b], self.tau_u, mode, tw)
+        l_i, w_i, a_i = weighted_nce(eb[b : 2 * b], emm[b : 2 * b], self.tau_i, mode, tw)
+        align = l_u + l_i
+        if self.cross_pairs:
+            align = align + info_nce(eb[:b], emm[b : 2 * b], self.tau_u)
+        total = total + lam * align
+        w = torch.cat([w_u, w_i])
+        out.update(
+            {
+                "align": align.detach(),
+                "align/weight_mean": w.mean(),
+                "align/weight_min": w.min(),
+                "align/weight_max": w.max(),
+                "align/degree_user": a_u.mean(),
+                "align/degree_item": a_i.mean(),
+            }
+        )
+    out["loss"] = total
+    return out
+
+
+def patch_references(monkeypatch) -> None:
+    """Swap every fast path for its reference (the code before the performance work)."""
+    monkeypatch.setattr(SparseOp, "forward", ref_sparse_forward)
+    monkeypatch.setattr(SparseOp, "rows", ref_sparse_rows)
+    monkeypatch.setattr("egra.models.mgcn.project", lambda layer, x: layer(x))
+    monkeypatch.setattr("egra.models.egra.project", lambda layer, x: layer(x))
+    monkeypatch.setattr(LightGCN, "loss", BPRMF.loss)
+    monkeypatch.setattr(EGRA, "loss", ref_egra_loss)
+
+
+# ----------------------------------------------------------------------- tests
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sparse_op_forward_backward_and_rows(symmetric, dtype):
+    n = 60
+    m = _random_graph(n, n, 0.1, seed=3, symmetric=symmetric)
+    op = SparseOp(m)
+    if dtype == torch.float64:
+        op = op.double()
+    assert op.symmetric == symmetric
+    dense = torch.from_numpy(m.toarray()).to(dtype)
+    x = torch.randn(n, 5, dtype=dtype, requires_grad=True)
+    g = torch.randn(n, 5, dtype=dtype)
+    y = op(x)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y, dense @ x)
+    (gx,) = torch.autograd.grad(y, x, g)
+    torch.testing.assert_close(gx, dense.T @ g)
+
+    rows = torch.tensor([7, 3, 3, 59, 0, 12])
+    yr = op.rows(x, rows)
+    torch.testing.assert_close(yr, (dense @ x)[rows])
+    # Same dot products as the full product's rows, bit for bit.
+    assert torch.equal(yr, op(x)[rows])
+    gr = torch.randn(len(rows), 5, dtype=dtype)
+    (gxr,) = torch.autograd.grad(yr, x, gr)
+    torch.testing.assert_close(gxr, dense[rows].T @ gr)
+    with torch.no_grad():
+        assert torch.equal(op(x), y.detach())
+    if dtype == torch.float64:
+        torch.autograd.gradcheck(lambda t: op.rows(t, rows), (x.detach().clone().requires_grad_(),))
+        torch.autograd.gradcheck(op, (x.detach().clone().requires_grad_(),))
+
+
+def test_sparse_op_rectangular():
+    m = _random_graph(40, 25, 0.15, seed=5, symmetric=False)
+    op = SparseOp(m)
+    dense = torch.from_numpy(m.toarray())
+    x = torch.randn(25, 4, requires_grad=True)
+    y = op(x)
+    torch.testing.assert_close(y, dense @ x)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(gx, dense.T @ torch.ones(40, 4))
+    rows = torch.tensor([39, 1, 1])
+    torch.testing.assert_close(op.rows(x, rows), (dense @ x)[rows])
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3])
+def test_propagate_rows_equals_full_rows(n_layers):
+    op = SparseOp(_random_graph(50, 50, 0.1, seed=1, symmetric=True))
+    x0 = torch.randn(50, 6, requires_grad=True)
+    rows = torch.tensor([4, 9, 9, 49, 0])
+    full = propagate_mean(op, x0, n_layers)
+    part = propagate_mean(op, x0, n_layers, rows)
+    assert torch.equal(part, full[rows])
+    g = torch.randn_like(part)
+    (g_full,) = torch.autograd.grad(full[rows], x0, g)
+    (g_part,) = torch.autograd.grad(part, x0, g)
+    torch.testing.assert_close(g_part, g_full)
+
+
+def test_blocked_linear_is_exact():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4096, 16)
+    x = torch.randn(1100, 4096, requires_grad=True)  # > 2^22 entries: the blocked path
+    y = project(layer, x)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, layer.weight, layer.bias), g)
+    ref_y = F.linear(x, layer.weight, layer.bias)
+    want = torch.autograd.grad(ref_y, (x, layer.weight, layer.bias), g)
+    torch.testing.assert_close(y, ref_y, rtol=1e-6, atol=1e-5)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-5)
+    args = (
+        torch.randn(600, 7, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, 7, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, dtype=torch.float64, requires_grad=True),
+    )
+    torch.autograd.gradcheck(_BlockedLinear.apply, args)
+    torch.autograd.gradcheck(lambda a, w: _BlockedLinear.apply(a, w, None), args[:2])
+
+
+def _grads(model: Recommender, loss) -> dict[str, torch.Tensor]:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    return {n: (torch.zeros_like(p) if g is None else g) for (n, p), g in zip(params, grads)}
+
+
+def test_lightgcn_batch_loss_equals_full_forward_loss():
+    d = _data()
+    torch.manual_seed(0)
+    model = LightGCN(**d, embedding_dim=8, n_layers=2)
+    batch = _batch_with_repeats(d["n_users"], d["n_items"])
+    got = model.loss(*batch)
+    want = BPRMF.loss(model, *batch)  # BPR on the full embeddings()
+    for key in ("loss", "bpr", "reg"):
+        torch.testing.assert_close(got[key], want[key])
+    g1, g2 = _grads(model, got["loss"]), _grads(model, want["loss"])
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], msg=name)
+
+
+@pytest.mark.parametrize("mode", ["misaligned_up", "aligned_up", "uniform"])
+@pytest.mark.parametrize("cross_pairs", [False, True])
+@pytest.mark.parametrize("tau_w", [1.0, 0.02])  # 0.02: softmax logits up to 50
+def test_egra_distinct_row_loss_equals_per_position_reference(mode, cross_pairs, tau_w):
+    d = _data()
+    torch.manual_seed(0)
+    model = EGRA(
+        **d,
+        item_graph=_item_graph(d["n_items"]),
+        embedding_dim=8,
+        knn_k=4,
+        entity_weighting=mode,
+        cross_pairs=cross_pairs,
+        tau_w=tau_w,
+        knn_device="cpu",
+    )
+    model.align_weight = 0.3
+    batch = _batch_with_repeats(d["n_users"], d["n_items"])
+    got = model.loss(*batch)
+    want = ref_egra_loss(model, *batch)
+    assert set(got) == set(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+    g1, g2 = _grads(model, got["loss"]), _grads(model, want["loss"])
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("model", ["lightgcn", "mgcn", "egra"])
+def test_seeded_tiny_runs_match_reference_paths(cfg_factory, monkeypatch, model):
+    """Whole pipeline (pretrain -> S^pt -> train -> valid/test), fast paths vs references."""
+    from egra.pipeline.train import run
+
+    over = [f"model={model}", "trainer.max_epochs=3", "backbones.mgcn.max_epochs=2", "knn.device=cpu"]
+    fast = run(cfg_factory(over, sub="fast"))
+    with monkeypatch.context() as mp:
+        patch_references(mp)
+        ref = run(cfg_factory(over, sub="ref"))
+    keys = [k for k in ref if k.startswith(("valid/", "test/"))]
+    assert keys and "test/Recall@20" in keys
+    for key in keys:
+        assert fast[key] == pytest.approx(ref[key], abs=1e-6), key
+    assert fast["best_epoch"] == ref["best_epoch"]
