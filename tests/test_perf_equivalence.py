@@ -271,3 +271,53 @@ def test_seeded_tiny_runs_match_reference_paths(cfg_factory, monkeypatch, model)
     for key in keys:
         assert fast[key] == pytest.approx(ref[key], abs=1e-6), key
     assert fast["best_epoch"] == ref["best_epoch"]
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 10_000])
+def test_blocked_ranking_equals_one_block(block, monkeypatch):
+    """Scoring / masking / top-K in row blocks gives the single-call top-K lists."""
+    from egra.training.module import RecommenderModule
+
+    torch.manual_seed(0)
+    net = BPRMF(n_users=50, n_items=80, embedding_dim=6)
+    module = RecommenderModule(net, optimizer=torch.optim.Adam, ks=(5, 20))
+    module._emb = net.export()
+    users = torch.tensor([3, 49, 0, 7, 7, 12, 30, 31, 32, 33, 40, 41, 44, 45, 46, 2, 5, 9, 11, 13])
+    rng = np.random.default_rng(0)
+    m = sp.random(len(users), 80, density=0.3, random_state=rng, format="csr").tocoo()
+    mask_rows, mask_items = torch.from_numpy(m.row.astype(np.int64)), torch.from_numpy(m.col.astype(np.int64))
+
+    scores = net.score(*module._emb, users)
+    scores[mask_rows, mask_items] = float("-inf")
+    want = torch.topk(scores, 20, dim=1, sorted=True).indices
+    monkeypatch.setattr(RecommenderModule, "SCORE_BLOCK", block)
+    assert torch.equal(module._ranked(users, mask_rows, mask_items), want)
+    perm = torch.randperm(len(mask_rows))  # pairs in any order
+    assert torch.equal(module._ranked(users, mask_rows[perm], mask_items[perm]), want)
+
+
+def test_modality_graphs_are_built_once_per_feature_table(monkeypatch):
+    """MGCN then EGRA on the same features (the pipeline's order) share the kNN graphs."""
+    import egra.models.mgcn as mgcn_mod
+    from egra.graphs.knn import knn_graph
+    from egra.models import MGCN
+
+    calls = []
+
+    def counting(x, k, **kw):
+        calls.append(x.shape)
+        return knn_graph(x, k, **kw)
+
+    monkeypatch.setattr(mgcn_mod, "knn_graph", counting)
+    monkeypatch.setattr(mgcn_mod, "_KNN_CACHE", type(mgcn_mod._KNN_CACHE)())
+    d = _data(seed=3)
+    a = MGCN(**d, knn_k=4, embedding_dim=8, knn_device="cpu")
+    b = EGRA(**d, item_graph=_item_graph(d["n_items"]), knn_k=4, embedding_dim=8, knn_device="cpu")
+    assert len(calls) == 2  # one per modality, not per model
+    for m in a.modalities:
+        assert torch.equal(a.item_graphs[m].a.to_dense(), b.item_graphs[m].a.to_dense())
+        want = knn_graph(np.asarray(d["features"][m], dtype=np.float32), 4, device="cpu")
+        assert (abs(a.item_graphs[m]._sp[np.dtype(np.float32)][0] - want) > 0).nnz == 0
+    changed = {**d, "features": {**d["features"], "text": d["features"]["text"] + 1.0}}
+    MGCN(**changed, knn_k=4, embedding_dim=8, knn_device="cpu")
+    assert len(calls) == 3  # the changed table only

@@ -25,15 +25,15 @@ def propagate_mean(op: SparseOp, x0: Tensor, n_layers: int, rows: Tensor | None 
             x = op(x)
             out = out + x
         return out / (n_layers + 1)
-    out = x0[rows]
+    if n_layers == 0:
+        return x0[rows]
+    # Layers 0..L-1 summed in full (same order of additions as above), gathered once.
+    out = x0
     x = x0
-    for layer in range(n_layers):
-        if layer == n_layers - 1:
-            out = out + op.rows(x, rows)
-        else:
-            x = op(x)
-            out = out + x[rows]
-    return out / (n_layers + 1)
+    for _ in range(n_layers - 1):
+        x = op(x)
+        out = out + x
+    return (out[rows] + op.rows(x, rows)) / (n_layers + 1)
 
 
 class BPRMF(Recommender):

@@ -18,10 +18,13 @@ Loss: BPR on ``Z`` + ``reg_weight · ½ Σ‖Z rows‖² / reg_denominator`` + `
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -102,6 +105,32 @@ def project(layer: nn.Linear, x: Tensor) -> Tensor:
     return _BlockedLinear.apply(x.contiguous(), layer.weight, layer.bias)
 
 
+# Modality kNN graphs by feature content: the pipeline builds MGCN (pretraining) and then
+# EGRA on the same features in one process, and the graph is the costliest part of
+# either constructor (O(I²·d) for the exact search). A few entries of O(I·k) each.
+_KNN_CACHE: OrderedDict[tuple, sp.csr_matrix] = OrderedDict()
+_KNN_CACHE_SIZE = 4
+
+
+def modality_graph(x: np.ndarray, k: int, device: str = "auto") -> sp.csr_matrix:
+    """``knn_graph(x, k, device=device)`` (MGCN's modality graph), memoised in the process.
+
+    The key is a hash of the features' bytes with their shape, ``k`` and ``device``, so the
+    same features give the same graph object's copy and any change builds a new one.
+    """
+    x = np.ascontiguousarray(x)
+    digest = hashlib.blake2b(memoryview(x).cast("B"), digest_size=16).hexdigest()
+    key = (digest, x.shape, str(x.dtype), int(k), str(device))
+    if key in _KNN_CACHE:
+        _KNN_CACHE.move_to_end(key)
+        return _KNN_CACHE[key].copy()
+    graph = knn_graph(x, k, device=device)
+    _KNN_CACHE[key] = graph
+    while len(_KNN_CACHE) > _KNN_CACHE_SIZE:
+        _KNN_CACHE.popitem(last=False)
+    return graph.copy()
+
+
 def _as_float_tensor(x) -> Tensor:
     """A float32 copy that owns its memory (training must not write into the caller's array)."""
     if isinstance(x, Tensor):
@@ -180,7 +209,7 @@ class MGCN(Recommender):
             x = _as_float_tensor(features[m])
             if x.ndim != 2 or x.shape[0] != self.n_items:
                 raise ValueError(f"features[{m!r}] has shape {tuple(x.shape)}, expected ({self.n_items}, d)")
-            self.item_graphs[m] = SparseOp(knn_graph(x.numpy(), knn_k, device=knn_device))
+            self.item_graphs[m] = SparseOp(modality_graph(x.numpy(), knn_k, device=knn_device))
             if train_features:
                 self.register_parameter(f"feat_{m}", nn.Parameter(x))
             else:

@@ -44,11 +44,12 @@ class RecommenderModule(L.LightningModule):
         self.best_score = float("-inf")
         self._emb: tuple[Tensor, Tensor] | None = None
         self._sums: dict[str, Tensor] = {}
+        self._train_sums: dict[str, Tensor] = {}
+        self._train_rows = 0
 
     # -- training --------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        self._train_sums: dict[str, Tensor] = {}
-        self._train_rows = 0
+        self._train_sums, self._train_rows = {}, 0
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         users, pos, neg = batch[0], batch[1], batch[2]
@@ -63,8 +64,6 @@ class RecommenderModule(L.LightningModule):
         b = users.shape[0]
         logs = {"train/loss": loss.detach()}
         logs.update({(k if "/" in k else f"train/loss_{k}"): v for k, v in out.items() if k != "loss"})
-        if not hasattr(self, "_train_sums"):  # training_step called outside a fit epoch
-            self.on_train_epoch_start()
         sums = self._train_sums
         for key, value in logs.items():
             value = value.detach().to(torch.float64) * b
@@ -73,9 +72,8 @@ class RecommenderModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        rows = getattr(self, "_train_rows", 0)
-        if rows:
-            means = {k: (v / rows).to(torch.float32) for k, v in self._train_sums.items()}
+        if self._train_rows:
+            means = {k: (v / self._train_rows).to(torch.float32) for k, v in self._train_sums.items()}
             self.log_dict(means, on_step=False, on_epoch=True)
         self._train_sums, self._train_rows = {}, 0
 
@@ -97,13 +95,36 @@ class RecommenderModule(L.LightningModule):
         value = value.detach().to(torch.float64)
         self._sums[key] = self._sums[key] + value if key in self._sums else value
 
+    #: users scored, masked and ranked at a time inside an evaluation chunk. MKL's GEMM for
+    #: ``[B, d] x [d, I]`` with d = 64 runs ~30% faster in row blocks of ~1k than as one
+    #: ``B = 4096`` call, and the block's scores are still in cache for ``topk``.
+    SCORE_BLOCK = 1024
+
+    def _ranked(self, users: Tensor, mask_rows: Tensor, mask_items: Tensor) -> Tensor:
+        """Top-``max(ks)`` item ids of every user (train items masked), ``[len(users), K]``."""
+        assert self._emb is not None
+        n, step = users.shape[0], self.SCORE_BLOCK
+        kmax = min(max(self.ks), self.net.n_items)
+        if n <= step:
+            scores = self.net.score(self._emb[0], self._emb[1], users)
+            scores[mask_rows, mask_items] = float("-inf")
+            return torch.topk(scores, kmax, dim=1, sorted=True).indices
+        if mask_rows.numel() > 1 and bool((mask_rows[1:] < mask_rows[:-1]).any()):
+            order = torch.argsort(mask_rows, stable=True)
+            mask_rows, mask_items = mask_rows[order], mask_items[order]
+        starts = torch.arange(0, n + step, step, device=mask_rows.device).clamp_(max=n)
+        cuts = torch.searchsorted(mask_rows, starts).tolist()
+        parts = []
+        for b, start in enumerate(range(0, n, step)):
+            scores = self.net.score(self._emb[0], self._emb[1], users[start : start + step])
+            lo, hi = cuts[b], cuts[b + 1]
+            scores[mask_rows[lo:hi] - start, mask_items[lo:hi]] = float("-inf")
+            parts.append(torch.topk(scores, kmax, dim=1, sorted=True).indices)
+        return torch.cat(parts)
+
     def _eval_step(self, batch: dict) -> None:
         assert self._emb is not None
-        users = batch["users"]
-        scores = self.net.score(self._emb[0], self._emb[1], users)
-        scores[batch["mask_rows"], batch["mask_items"]] = float("-inf")
-        kmax = min(max(self.ks), scores.shape[1])
-        topk = torch.topk(scores, kmax, dim=1, sorted=True).indices
+        topk = self._ranked(batch["users"], batch["mask_rows"], batch["mask_items"])
         rows, items = batch["truth_rows"], batch["truth_items"]
         self._accumulate(topk, rows, items, self.ks)
         if self.item_groups is not None and self._prefix == "test":
