@@ -338,3 +338,60 @@ def test_group_truth_filters_pairs():
     assert sums["Recall@1"].item() == pytest.approx(2)
     assert sums["Recall@3"].item() == pytest.approx(3)
     assert sums["NDCG@3"].item() == pytest.approx(1 + 1 + 1 / 2)
+
+
+# -- ranks of held-out items instead of top-K lists (what evaluation uses) -------------------
+
+
+def test_truth_ranks_hand_example_with_ties_and_mask():
+    from egra.metrics import truth_ranks
+
+    inf = float("-inf")
+    scores = torch.tensor([[0.5, 0.9, 0.5, 0.1, inf], [0.2, 0.2, 0.2, inf, 0.3]])
+    rows = torch.tensor([0, 0, 0, 1, 1, 1])
+    items = torch.tensor([2, 0, 3, 1, 3, 4])
+    # row 0: order 1, 0, 2 (tie 0.5 broken by id), 3, 4; row 1: 4, 0, 1, 2, 3 (masked last)
+    assert truth_ranks(scores, rows, items).tolist() == [2, 1, 3, 2, 4, 0]
+
+
+@pytest.mark.parametrize("use_numpy", [True, False])
+def test_count_ahead_paths_agree(use_numpy):
+    from egra.metrics.ranking import _count_ahead
+
+    g = torch.Generator().manual_seed(3)
+    block = torch.randint(0, 5, (30, 12), generator=g).float()  # many ties
+    items = torch.randint(0, 12, (30,), generator=g)
+    values = block[torch.arange(30), items]
+    slow = torch.tensor(
+        [int((block[r] > values[r]).sum() + (block[r, : items[r]] == values[r]).sum()) for r in range(30)]
+    )
+    assert torch.equal(_count_ahead(block, values, items, use_numpy=use_numpy), slow)
+
+
+def test_rank_metric_sums_equal_topk_metric_sums():
+    """Random scores, masked items, several truth items per row: identical sums."""
+    from egra.metrics import rank_metric_sums, truth_ranks
+
+    g = torch.Generator().manual_seed(0)
+    b, n_items, ks = 40, 90, (1, 5, 20, 50)
+    scores = torch.randn(b, n_items, generator=g)
+    masked = torch.rand(b, n_items, generator=g) < 0.3
+    scores[masked] = float("-inf")
+    truth = (torch.rand(b, n_items, generator=g) < 0.08) & ~masked
+    truth[5] = False  # a row without held-out items is left out
+    rows, items = truth.nonzero(as_tuple=True)
+    topk = torch.topk(scores, 50, dim=1).indices
+    want, n_want = chunk_metric_sums(topk, rows, items, n_items, ks)
+    got, n_got = rank_metric_sums(rows, truth_ranks(scores, rows, items), b, ks)
+    assert n_got == n_want == b - 1
+    assert got.keys() == want.keys()
+    for key in want:
+        assert float(got[key]) == pytest.approx(float(want[key]), abs=1e-12), key
+
+
+def test_truth_ranks_rejects_nan_scores():
+    from egra.metrics import truth_ranks
+
+    scores = torch.tensor([[0.1, float("nan")]])
+    with pytest.raises(FloatingPointError, match="NaN"):
+        truth_ranks(scores, torch.tensor([0]), torch.tensor([1]))

@@ -10,8 +10,10 @@ from egra.metrics.ranking import (
     means_from_sums,
     merge_sums,
     metric_sums,
+    rank_metric_sums,
     ranking_metrics,
     truth_keys,
+    truth_ranks,
 )
 
 __all__ = [
@@ -25,6 +27,8 @@ __all__ = [
     "merge_sums",
     "metric_sums",
     "popularity_groups",
+    "rank_metric_sums",
     "ranking_metrics",
     "truth_keys",
+    "truth_ranks",
 ]

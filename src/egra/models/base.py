@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from egra.graphs.dense import mm as dense_mm
 from egra.models.losses import bpr_loss
 
 
@@ -26,8 +27,15 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def score(self, user_emb: Tensor, item_emb: Tensor, users: Tensor) -> Tensor:
-        """Scores of the given users against every item, ``[len(users), I]``."""
-        return user_emb[users] @ item_emb.T
+        """Scores of the given users against every item, ``[len(users), I]``.
+
+        Without autograd (evaluation) through :func:`egra.graphs.dense.mm`: the product has
+        inner dimension ``d``, where numpy's BLAS is the faster one on the CPU.
+        """
+        u = user_emb[users]
+        if torch.is_grad_enabled() and (u.requires_grad or item_emb.requires_grad):
+            return u @ item_emb.T
+        return dense_mm(u, item_emb.T)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """Default: BPR on the final representations. Subclasses add their terms."""

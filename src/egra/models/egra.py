@@ -123,6 +123,7 @@ class EGRA(MGCN):
         train_features: bool = True,
         modalities: Sequence[str] | None = None,
         knn_device: str = "auto",
+        knn_method: str = "flat",
         graph_source: str = "mgcn",
         k_pt: int = 10,
         pt_symmetric: bool = True,
@@ -144,6 +145,7 @@ class EGRA(MGCN):
             train_features=train_features,
             modalities=modalities,
             knn_device=knn_device,
+            knn_method=knn_method,
         )
         if entity_weighting not in WEIGHTING_MODES:
             raise ValueError(f"entity_weighting must be one of {WEIGHTING_MODES}, got {entity_weighting!r}")

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from egra.graphs.dense import set_blas_threads
 from egra.metrics import popularity_groups
 from egra.pipeline.io import git_revision, read_json, write_json
 from egra.pipeline.tables import metrics_table, side_by_side
@@ -78,6 +79,7 @@ def lr_decay(cfg: DictConfig) -> tuple[float, float]:
 def setup_run(cfg: DictConfig) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+        set_blas_threads(int(cfg.threads))  # numpy's OpenBLAS too (egra.graphs.dense)
     L.seed_everything(int(cfg.seed), workers=True)
 
 
