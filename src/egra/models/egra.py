@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite
-from egra.models.losses import bpr_loss, info_nce, info_nce_counts, l2_squared
+from egra.models.losses import info_nce, info_nce_counts
 from egra.models.mgcn import MGCN, project
 
 WEIGHTING_MODES = ("misaligned_up", "aligned_up", "uniform")
@@ -184,22 +184,15 @@ class EGRA(MGCN):
         (:func:`weighted_nce_counts`): the numbers of the per-position computation.
         """
         b = users.shape[0]
-        uu, u_inv, u_cnt = torch.unique(users, return_inverse=True, return_counts=True)
-        ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-        nu = uu.shape[0]
-        v = self.views(uu, ii)
-        z_u, z_i = v.fused[:nu], v.fused[nu:]
-        u, p, n = z_u[u_inv], z_i[i_inv[:b]], z_i[i_inv[b:]]
-        bpr = bpr_loss(u, p, n)
-        reg = self.reg_weight * l2_squared(u, p, n, denom=self.reg_denominator)
-        out = {"bpr": bpr.detach(), "reg": reg.detach()}
-        total = bpr + reg
+        t = self.batch_terms(users, pos, neg)
+        v, nu, u_inv, u_cnt, i_inv = t.views, t.n_users, t.user_inverse, t.user_counts, t.item_inverse
+        p_rows, p_cnt = t.pos_rows, t.pos_counts
+        out = {"bpr": t.bpr.detach(), "reg": t.reg.detach()}
+        total = t.bpr + t.reg
         lam = float(self.align_weight)
         if lam != 0.0:
             eb, emm = v.content, v.side  # behavior view E^b and modality view E^mm
             mode, tw = self.entity_weighting, self.tau_w
-            p_rows, p_cnt = torch.unique(i_inv[:b], return_counts=True)
-            p_rows = p_rows + nu
             l_u, w_u, a_u = weighted_nce_counts(eb[:nu], emm[:nu], self.tau_u, mode, tw, u_cnt)
             l_i, w_i, a_i = weighted_nce_counts(eb[p_rows], emm[p_rows], self.tau_i, mode, tw, p_cnt)
             align = l_u + l_i

@@ -52,6 +52,20 @@ class MGCNViews(NamedTuple):
     modal: dict[str, Tensor]
 
 
+class BatchTerms(NamedTuple):
+    """What :meth:`MGCN.batch_terms` computes for one batch (see there)."""
+
+    views: MGCNViews
+    n_users: int
+    user_inverse: Tensor
+    user_counts: Tensor
+    item_inverse: Tensor
+    pos_rows: Tensor
+    pos_counts: Tensor
+    bpr: Tensor
+    reg: Tensor
+
+
 class _BlockedLinear(torch.autograd.Function):
     """``x Wᵀ + b`` for a tall float32 ``x`` on the CPU (the raw feature tables).
 
@@ -311,6 +325,25 @@ class MGCN(Recommender):
         distinct rows with multiplicities (:func:`info_nce_counts`): the same numbers as
         with per-position rows, where a repeated id is its own false negative.
         """
+        t = self.batch_terms(users, pos, neg)
+        v, nu = t.views, t.n_users
+        total = t.bpr + t.reg
+        if self.cl_loss != 0:
+            cl_items = info_nce_counts(v.side[t.pos_rows], v.content[t.pos_rows], self.tau, t.pos_counts)
+            cl_users = info_nce_counts(v.side[:nu], v.content[:nu], self.tau, t.user_counts)
+            cl = self.cl_loss * (cl_items + cl_users)
+            total = total + cl
+        else:
+            cl = torch.zeros((), device=total.device)
+        return {"loss": total, "bpr": t.bpr.detach(), "reg": t.reg.detach(), "cl": cl.detach()}
+
+    def batch_terms(self, users: Tensor, pos: Tensor, neg: Tensor) -> BatchTerms:
+        """Views of a batch's distinct users and items, and BPR + squared-L2 on their ``Z``.
+
+        The part of the loss MGCN and EGRA share; rows of ``views`` are the distinct users
+        then the distinct items, ``pos_rows`` / ``pos_counts`` the distinct positives' rows
+        there and their multiplicities (for counted InfoNCEs).
+        """
         b = users.shape[0]
         uu, u_inv, u_cnt = torch.unique(users, return_inverse=True, return_counts=True)
         ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
@@ -320,17 +353,8 @@ class MGCN(Recommender):
         u, p, n = z_u[u_inv], z_i[i_inv[:b]], z_i[i_inv[b:]]
         bpr = bpr_loss(u, p, n)
         reg = self.reg_weight * l2_squared(u, p, n, denom=self.reg_denominator)
-        total = bpr + reg
-        if self.cl_loss != 0:
-            p_rows, p_cnt = torch.unique(i_inv[:b], return_counts=True)
-            p_rows = p_rows + nu
-            cl_items = info_nce_counts(v.side[p_rows], v.content[p_rows], self.tau, p_cnt)
-            cl_users = info_nce_counts(v.side[:nu], v.content[:nu], self.tau, u_cnt)
-            cl = self.cl_loss * (cl_items + cl_users)
-            total = total + cl
-        else:
-            cl = torch.zeros((), device=total.device)
-        return {"loss": total, "bpr": bpr.detach(), "reg": reg.detach(), "cl": cl.detach()}
+        p_rows, p_cnt = torch.unique(i_inv[:b], return_counts=True)
+        return BatchTerms(v, nu, u_inv, u_cnt, i_inv, p_rows + nu, p_cnt, bpr, reg)
 
     @torch.no_grad()
     def representations(self, view: str = "fused") -> tuple[Tensor, Tensor]:
