@@ -308,6 +308,14 @@ def run_child(case: dict) -> dict:
         def on_train_epoch_start(self, trainer, pl_module) -> None:
             self._mark("train_epoch")
 
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            # A progress line now and then (progress bars are off to keep the log readable).
+            done = batch_idx + 1
+            total = trainer.num_training_batches
+            if done % 50 == 0 or done == total:
+                rate = (time.perf_counter() - self._t) / done
+                print(f"    {stage['name']}: batch {done}/{total}, {rate:.2f} s/batch", flush=True)
+
         def on_validation_start(self, trainer, pl_module) -> None:
             if trainer.state.fn.value == "fit" and getattr(self, "_what", "") == "train_epoch":
                 self._done(trainer)
