@@ -2,10 +2,9 @@
 
 torch's CPU ``matmul`` calls MKL, numpy's calls OpenBLAS. At one thread on the 2-core
 AMD EPYC this project is benchmarked on (``bench/results/train_throughput.json``), MKL
-is ~1.5x slower than OpenBLAS when the inner dimension is small and the output large —
-``[B, 64] x [64, I]`` scores, ``∂X = g W`` of a projection with ``g`` ``[I, 64]`` — and
-OpenBLAS is also faster for ``∂W = gᵀ X`` with ``X`` ``[7050, 4096]``; MKL is as fast or
-faster for the other products. :func:`mm` sends a product to numpy only where a caller
+is ~1.5x slower than OpenBLAS for ``∂X = g W`` of a projection (``g`` ``[7050, 64]``,
+``W`` ``[64, 4096]``: small inner dimension, large output) and ~15% slower for
+``∂W = gᵀ X``; it is as fast or faster for the other products of this project. :func:`mm` sends a product to numpy only where a caller
 asks for it (``prefer_numpy``); the choice depends on shapes and settings alone, never
 on timing, so a seeded run is reproducible.
 

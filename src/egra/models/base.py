@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from egra.graphs.dense import mm as dense_mm
 from egra.models.losses import bpr_loss
 
 
@@ -26,16 +25,16 @@ class Recommender(nn.Module):
         """Final ``(user [U, d], item [I, d])`` representations that scores are made from."""
         raise NotImplementedError
 
-    def score(self, user_emb: Tensor, item_emb: Tensor, users: Tensor) -> Tensor:
+    def score(self, user_emb: Tensor, item_emb: Tensor, users: Tensor, out: Tensor | None = None) -> Tensor:
         """Scores of the given users against every item, ``[len(users), I]``.
 
-        Without autograd (evaluation) through :func:`egra.graphs.dense.mm`: the product has
-        inner dimension ``d``, where numpy's BLAS is the faster one on the CPU.
+        ``out`` (a ``[len(users), I]`` buffer) is written instead of a new tensor: evaluation
+        reuses one, since a fresh buffer of a few dozen MB per block costs page faults.
         """
         u = user_emb[users]
-        if torch.is_grad_enabled() and (u.requires_grad or item_emb.requires_grad):
+        if out is None:
             return u @ item_emb.T
-        return dense_mm(u, item_emb.T)
+        return torch.mm(u, item_emb.T, out=out)
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """Default: BPR on the final representations. Subclasses add their terms."""
