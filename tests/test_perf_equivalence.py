@@ -116,10 +116,47 @@ def ref_egra_loss(self: EGRA, users, pos, neg):
     return out
 
 
+def ref_propagate_mean(op, x0, n_layers, rows=None):
+    """LightGCN's layer mean through plain autograd, rows taken from the full result."""
+    out, x = x0, x0
+    for _ in range(n_layers):
+        x = op(x)
+        out = out + x
+    out = out / (n_layers + 1)
+    return out if rows is None else out[rows]
+
+
+def ref_eval_step(self, batch) -> None:
+    """Evaluation as MMRec does it: torch.topk of the masked scores, hits looked up."""
+    from egra.metrics import chunk_metric_sums, group_truth
+
+    scores = self.net.score(self._emb[0], self._emb[1], batch["users"])
+    scores[batch["mask_rows"], batch["mask_items"]] = float("-inf")
+    topk = torch.topk(scores, min(max(self.ks), scores.shape[1]), dim=1).indices
+    rows, items = batch["truth_rows"], batch["truth_items"]
+
+    def add(r, i, ks, tag=""):
+        sums, n = chunk_metric_sums(topk, r, i, self.net.n_items, ks)
+        if n:
+            for key, val in sums.items():
+                self._add(tag + key, val)
+            self._add(tag + "#users", torch.tensor(n))
+
+    add(rows, items, self.ks)
+    if self.item_groups is not None and self._prefix == "test":
+        for g in range(int(self.item_groups.max()) + 1):
+            add(*group_truth(rows, items, self.item_groups, g), self.group_ks, f"popgroup{g}/")
+
+
 def patch_references(monkeypatch) -> None:
     """Swap every fast path for its reference (the code before the performance work)."""
+    from egra.training.module import RecommenderModule
+
     monkeypatch.setattr(SparseOp, "forward", ref_sparse_forward)
     monkeypatch.setattr(SparseOp, "rows", ref_sparse_rows)
+    monkeypatch.setattr("egra.models.lightgcn.propagate_mean", ref_propagate_mean)
+    monkeypatch.setattr("egra.models.mgcn.propagate_mean", ref_propagate_mean)
+    monkeypatch.setattr(RecommenderModule, "_eval_step", ref_eval_step)
     monkeypatch.setattr("egra.models.mgcn.project", lambda layer, x: layer(x))
     monkeypatch.setattr("egra.models.egra.project", lambda layer, x: layer(x))
     monkeypatch.setattr(LightGCN, "loss", BPRMF.loss)
