@@ -2,10 +2,12 @@
 
 Runs (unless their metrics.json exists) and tabulates, for seeds S (data seed = training seed = S):
     egra-train experiment=<name> seed=S data.seed=S threads=1 hydra.run.dir=<out>/<name>_sS
-MGCN's numbers are those of EGRA's pretrained backbone (the same MGCN run, `backbone/...` keys in
-EGRA's metrics.json). Writes <out>/comparison.json and bench/results/small_comparison.md.
+MGCN appears twice: standalone (`mgcn_small`) and as EGRA's pretrained backbone (`backbone/...`
+keys in EGRA's metrics.json; same model and defaults, trained inside EGRA's pipeline). MostPop
+(training popularity, computed here) is a reference row. Writes <out>/comparison.json and
+bench/results/small_comparison.md (means and a per-seed table).
 
-    python bench/small_comparison.py --out /tmp/exp --seeds 0 1 2 [--run]
+    python bench/small_comparison.py --out /tmp/exp --seeds 0 1 2 [--run] [--no-ablations]
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-MAIN = ["egra_small", "egra_no_enhanced_graph", "lightgcn_small"]
+from egra.data.synthetic import GENERATOR_VERSION
+
+MAIN = ["egra_small", "egra_no_enhanced_graph", "lightgcn_small", "mgcn_small"]
 ABLATIONS = [
     "egra_fixed_uniform",
     "egra_entity_only",
@@ -69,6 +73,32 @@ def collect(out: Path, seeds: list[int]) -> dict[str, list[dict]]:
     return rows
 
 
+def mostpop(seed: int) -> dict:
+    """Reference: rank every user's unseen items by training popularity (same split and metrics)."""
+    import numpy as np
+    import torch
+
+    from egra.data.interactions import TEST, TRAIN
+    from egra.data.synthetic import generate
+    from egra.metrics import ranking_metrics
+
+    d = generate("small", seed)
+    tr = d.split == TRAIN
+    counts = np.bincount(d.items[tr], minlength=d.n_items).astype(np.float64)
+    scores = np.tile(counts, (d.n_users, 1))
+    scores[d.users[tr], d.items[tr]] = -np.inf
+    topk = torch.from_numpy(np.argsort(-scores, axis=1, kind="stable")[:, :20].copy())
+    te = d.split == TEST
+    m = ranking_metrics(
+        topk, torch.from_numpy(d.users[te]), torch.from_numpy(d.items[te]), d.n_items, ks=[20]
+    )
+    return {k: None for k in KEYS} | {
+        "test/Recall@20": m["Recall@20"],
+        "test/NDCG@20": m["NDCG@20"],
+        "seed": seed,
+    }
+
+
 def fmt(vals: list[float]) -> str:
     vals = [v for v in vals if v is not None]
     if not vals:
@@ -84,31 +114,54 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--ablation-seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--run", action="store_true", help="train what is missing first")
+    ap.add_argument("--no-ablations", action="store_true", help="run and tabulate the main models only")
     args = ap.parse_args()
     if args.run:
         for s in args.seeds:
             for name in MAIN:
                 run(args.out, name, s)
-        for s in args.ablation_seeds:
+        for s in [] if args.no_ablations else args.ablation_seeds:
             for name in ABLATIONS:
                 run(args.out, name, s)
     rows = collect(args.out, args.seeds)
-    order = ["lightgcn_small", "mgcn (EGRA's backbone)", "egra_small", "egra_no_enhanced_graph", *ABLATIONS]
+    rows["mostpop (reference)"] = [mostpop(s) for s in args.seeds]
+    order = [
+        "mostpop (reference)",
+        "lightgcn_small",
+        "mgcn_small",
+        "mgcn (EGRA's backbone)",
+        "egra_small",
+        "egra_no_enhanced_graph",
+        *ABLATIONS,
+    ]
     lines = ["| model | seeds | " + " | ".join(KEYS) + " |", "|---|---:|" + "---:|" * len(KEYS)]
     for name in order:
         if name in rows:
             r = rows[name]
             cells = " | ".join(fmt([x[k] for x in r]) for k in KEYS)
             lines.append(f"| {name} | {','.join(str(x['seed']) for x in r)} | {cells} |")
+    # per seed (paired: same data and training seed), test Recall@20 / NDCG@20 / popgroup0 Recall@20
+    per = [k for k in order if k in rows]
+    seeds_seen = sorted({x["seed"] for k in per for x in rows[k]})
+    short = ["test/Recall@20", "test/NDCG@20", "test/popgroup0/Recall@20"]
+    lines += ["", "Per seed (test Recall@20 / NDCG@20 / popgroup0 Recall@20):", ""]
+    lines += ["| seed | " + " | ".join(per) + " |", "|---:|" + "---:|" * len(per)]
+    for s in seeds_seen:
+        cells = []
+        for k in per:
+            x = next((x for x in rows[k] if x["seed"] == s), None)
+            vals = [x.get(m) if x else None for m in short]
+            cells.append(" / ".join("" if v is None else f"{v:.4f}" for v in vals))
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     (args.out / "comparison.json").write_text(json.dumps(rows, indent=2))
     Path("bench/results").mkdir(parents=True, exist_ok=True)
     Path("bench/results/small_comparison.md").write_text(
-        "Generated `small` preset; test metrics at the best-valid epoch; popgroup0 = least popular fifth "
-        "of the interactions.\nCommand: `python bench/small_comparison.py --run --out <dir>`\n\n"
-        + table
-        + "\n"
+        f"Generated `small` preset (generator version {GENERATOR_VERSION}); test metrics at the best-valid epoch; "
+        "popgroup0 = least popular fifth of the interactions.\n"
+        f"Command: `python bench/small_comparison.py --run --out <dir> --seeds {' '.join(map(str, args.seeds))}"
+        f"{' --no-ablations' if args.no_ablations else ''}`\n\n" + table + "\n"
     )
 
 
