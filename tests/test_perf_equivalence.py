@@ -326,9 +326,14 @@ def test_blocked_truth_ranks_equal_topk_positions(block, monkeypatch):
     m = sp.random(len(users), n_items, density=0.3, random_state=rng, format="csr").tocoo()
     mask_rows, mask_items = torch.from_numpy(m.row.astype(np.int64)), torch.from_numpy(m.col.astype(np.int64))
     truth = sp.random(len(users), n_items, density=0.1, random_state=rng, format="csr")
-    truth = (truth - truth.multiply(sp.csr_matrix((np.ones(m.nnz), (m.row, m.col)), shape=truth.shape))).tocoo()
+    truth = (
+        truth - truth.multiply(sp.csr_matrix((np.ones(m.nnz), (m.row, m.col)), shape=truth.shape))
+    ).tocoo()
     truth.eliminate_zeros()
-    t_rows, t_items = torch.from_numpy(truth.row.astype(np.int64)), torch.from_numpy(truth.col.astype(np.int64))
+    t_rows, t_items = (
+        torch.from_numpy(truth.row.astype(np.int64)),
+        torch.from_numpy(truth.col.astype(np.int64)),
+    )
 
     scores = net.score(*module._emb, users)
     scores[mask_rows, mask_items] = float("-inf")
