@@ -44,9 +44,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from memory import PeakMemory
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "knn_graph.json"
@@ -56,50 +57,6 @@ RECALL_TARGET = 0.95
 
 # ----------------------------------------------------------------------------------------
 # Child side
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class PeakMemory:
-    """Peak extra RSS (MiB) over a baseline taken at construction."""
-
-    def __init__(self) -> None:
-        self.baseline_kb = _status_kb("VmRSS")
-        self.method = "clear_refs"
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            if _status_kb("VmHWM") > self.baseline_kb * 1.05 + 1024:
-                raise OSError("VmHWM was not reset")
-        except OSError:
-            self.method = "poll_10ms"
-        self._max_kb = self.baseline_kb
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._max_kb = max(self._max_kb, _status_kb("VmRSS"))
-            time.sleep(0.01)
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        peak_kb = _status_kb("VmHWM") if self.method == "clear_refs" else self._max_kb
-        peak_kb = max(peak_kb, self._max_kb)
-        return {
-            "peak_mb": round((peak_kb - self.baseline_kb) / 1024, 1),
-            "peak_rss_mb": round(peak_kb / 1024, 1),
-            "baseline_rss_mb": round(self.baseline_kb / 1024, 1),
-            "memory_method": self.method,
-        }
 
 
 def make_data(n: int, d: int, seed: int = 0):

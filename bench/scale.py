@@ -44,9 +44,10 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from memory import PeakMemory
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -209,48 +210,6 @@ def ensure_dataset(folder: Path, **kwargs) -> tuple[dict, float]:
 # Child: the pipeline, stage by stage
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-class StagePeak:
-    """Peak RSS during one stage: VmHWM after resetting it (or a 50 ms RSS poller)."""
-
-    def __init__(self) -> None:
-        self.start_kb = _status_kb("VmRSS")
-        self.method = "clear_refs"
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            if _status_kb("VmHWM") > self.start_kb * 1.05 + 4096:
-                raise OSError("VmHWM not reset")
-        except OSError:
-            self.method = "poll_50ms"
-        self._max = self.start_kb
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._max = max(self._max, _status_kb("VmRSS"))
-            time.sleep(0.05)
-
-    def stop(self) -> dict:
-        self._stop.set()
-        self._thread.join()
-        peak = max(self._max, _status_kb("VmHWM") if self.method == "clear_refs" else 0)
-        return {
-            "rss_start_mb": round(self.start_kb / 1024, 1),
-            "peak_rss_mb": round(peak / 1024, 1),
-            "rss_end_mb": round(_status_kb("VmRSS") / 1024, 1),
-        }
-
-
 def run_child(case: dict) -> dict:
     import torch
 
@@ -338,7 +297,7 @@ def run_child(case: dict) -> dict:
 
     def timed(name: str, fn):
         stage["name"] = name
-        peak = StagePeak()
+        peak = PeakMemory()
         t, c = time.perf_counter(), time.process_time()
         out = fn()
         rec = {

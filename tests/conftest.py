@@ -44,3 +44,14 @@ def cfg_factory(tmp_path):
         return make_cfg(root, overrides, config_name)
 
     return factory
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensor ops: extra threads only add contention on a shared machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

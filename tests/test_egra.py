@@ -13,29 +13,7 @@ from egra.models import EGRA
 from egra.models.egra import entity_weights, weighted_nce
 from egra.models.losses import info_nce
 from egra.training.callbacks import AlignmentSchedule, lambda_at
-
-
-def _data(seed=0, n_users=30, n_items=20):
-    rng = np.random.default_rng(seed)
-    users = np.repeat(np.arange(n_users), 4)
-    items = np.concatenate([rng.choice(n_items, 4, replace=False) for _ in range(n_users)])
-    feats = {"image": rng.standard_normal((n_items, 12)), "text": rng.standard_normal((n_items, 6))}
-    return {
-        "n_users": n_users,
-        "n_items": n_items,
-        "train_users": users,
-        "train_items": items,
-        "features": feats,
-    }
-
-
-def _item_graph(n_items, seed=1):
-    rng = np.random.default_rng(seed)
-    rows = np.repeat(np.arange(n_items), 3)
-    cols = (rows + rng.integers(1, n_items, size=rows.size)) % n_items
-    g = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_items, n_items))
-    g.data[:] = 1.0
-    return g.maximum(g.T).tocsr()
+from tests.toy_models import toy_data, toy_item_graph
 
 
 def _batch(d, b=16, seed=0):
@@ -49,9 +27,9 @@ def _batch(d, b=16, seed=0):
 
 @pytest.mark.parametrize("cross_pairs", [False, True])
 def test_every_parameter_gets_a_gradient(cross_pairs):
-    d = _data()
+    d = toy_data()
     torch.manual_seed(0)
-    m = EGRA(**d, item_graph=_item_graph(d["n_items"]), cross_pairs=cross_pairs)
+    m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]), cross_pairs=cross_pairs)
     out = m.loss(*_batch(d))
     out["loss"].backward()
     for name, p in m.named_parameters():
@@ -61,9 +39,9 @@ def test_every_parameter_gets_a_gradient(cross_pairs):
 
 
 def test_lambda_zero_adds_nothing():
-    d = _data()
+    d = toy_data()
     torch.manual_seed(0)
-    m = EGRA(**d, item_graph=_item_graph(d["n_items"]))
+    m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]))
     batch = _batch(d)
     m.align_weight = 0.0
     out0 = m.loss(*batch)
@@ -75,12 +53,12 @@ def test_lambda_zero_adds_nothing():
 
 
 def test_empty_graph_or_beta_zero_equals_no_enhanced_graph():
-    d = _data()
+    d = toy_data()
     outs = []
     for kwargs in (
         {"item_graph": None, "graph_source": "none"},
         {"item_graph": sp.csr_matrix((d["n_items"], d["n_items"]), dtype=np.float32)},
-        {"item_graph": _item_graph(d["n_items"]), "beta": 0.0},
+        {"item_graph": toy_item_graph(d["n_items"]), "beta": 0.0},
     ):
         torch.manual_seed(0)
         m = EGRA(**d, **kwargs)
@@ -88,13 +66,13 @@ def test_empty_graph_or_beta_zero_equals_no_enhanced_graph():
     for u, i in outs[1:]:
         assert torch.equal(u, outs[0][0]) and torch.equal(i, outs[0][1])
     torch.manual_seed(0)
-    enhanced = EGRA(**d, item_graph=_item_graph(d["n_items"])).embeddings()
+    enhanced = EGRA(**d, item_graph=toy_item_graph(d["n_items"])).embeddings()
     assert not torch.allclose(enhanced[1], outs[0][1])
 
 
 def test_enhanced_graph_is_normalised_bipartite_with_item_block():
-    d = _data()
-    g = _item_graph(d["n_items"])
+    d = toy_data()
+    g = toy_item_graph(d["n_items"])
     m = EGRA(**d, item_graph=g, beta=0.5)
     a = m.adj.a.to_dense().numpy()
     u = d["n_users"]
@@ -166,7 +144,7 @@ def test_schedule_callback_sets_model_weight():
     class FakeTrainer:
         current_epoch = 0
 
-    d = _data()
+    d = toy_data()
     net = EGRA(**d, item_graph=None, lambda_min=0.1, lambda_max=0.3, P=2)
     pl, tr = FakeModule(net), FakeTrainer()
     cb = AlignmentSchedule()

@@ -22,14 +22,9 @@ from egra.models.egra import weighted_nce
 from egra.models.lightgcn import BPRMF, propagate_mean
 from egra.models.losses import bpr_loss, info_nce, l2_squared
 from egra.models.mgcn import _BlockedLinear, project
+from tests.toy_models import toy_data, toy_item_graph
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _random_graph(n_rows: int, n_cols: int, density: float, seed: int, symmetric: bool) -> sp.csr_matrix:
@@ -38,29 +33,6 @@ def _random_graph(n_rows: int, n_cols: int, density: float, seed: int, symmetric
     if symmetric:
         m = ((m + m.T) * 0.5).tocsr()
     return m
-
-
-def _data(seed=0, n_users=30, n_items=20):
-    rng = np.random.default_rng(seed)
-    users = np.repeat(np.arange(n_users), 4)
-    items = np.concatenate([rng.choice(n_items, 4, replace=False) for _ in range(n_users)])
-    feats = {"image": rng.standard_normal((n_items, 12)), "text": rng.standard_normal((n_items, 6))}
-    return {
-        "n_users": n_users,
-        "n_items": n_items,
-        "train_users": users,
-        "train_items": items,
-        "features": feats,
-    }
-
-
-def _item_graph(n_items, seed=1):
-    rng = np.random.default_rng(seed)
-    rows = np.repeat(np.arange(n_items), 3)
-    cols = (rows + rng.integers(1, n_items, size=rows.size)) % n_items
-    g = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_items, n_items))
-    g.data[:] = 1.0
-    return g.maximum(g.T).tocsr()
 
 
 def _batch_with_repeats(n_users, n_items, b=24, seed=0):
@@ -253,7 +225,7 @@ def _grads(model: Recommender, loss) -> dict[str, torch.Tensor]:
 
 
 def test_lightgcn_batch_loss_equals_full_forward_loss():
-    d = _data()
+    d = toy_data()
     torch.manual_seed(0)
     model = LightGCN(**d, embedding_dim=8, n_layers=2)
     batch = _batch_with_repeats(d["n_users"], d["n_items"])
@@ -270,11 +242,11 @@ def test_lightgcn_batch_loss_equals_full_forward_loss():
 @pytest.mark.parametrize("cross_pairs", [False, True])
 @pytest.mark.parametrize("tau_w", [1.0, 0.02])  # 0.02: softmax logits up to 50
 def test_egra_distinct_row_loss_equals_per_position_reference(mode, cross_pairs, tau_w):
-    d = _data()
+    d = toy_data()
     torch.manual_seed(0)
     model = EGRA(
         **d,
-        item_graph=_item_graph(d["n_items"]),
+        item_graph=toy_item_graph(d["n_items"]),
         embedding_dim=8,
         knn_k=4,
         entity_weighting=mode,
@@ -368,9 +340,9 @@ def test_modality_graphs_are_built_once_per_feature_table(monkeypatch):
 
     monkeypatch.setattr(mgcn_mod, "knn_graph", counting)
     monkeypatch.setattr(mgcn_mod, "_KNN_CACHE", type(mgcn_mod._KNN_CACHE)())
-    d = _data(seed=3)
+    d = toy_data(seed=3)
     a = MGCN(**d, knn_k=4, embedding_dim=8, knn_device="cpu")
-    b = EGRA(**d, item_graph=_item_graph(d["n_items"]), knn_k=4, embedding_dim=8, knn_device="cpu")
+    b = EGRA(**d, item_graph=toy_item_graph(d["n_items"]), knn_k=4, embedding_dim=8, knn_device="cpu")
     assert len(calls) == 2  # one per modality, not per model
     for m in a.modalities:
         assert torch.equal(a.item_graphs[m].a.to_dense(), b.item_graphs[m].a.to_dense())

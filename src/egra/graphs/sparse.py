@@ -110,10 +110,14 @@ class SparseOp(nn.Module):
     def nnz(self) -> int:
         return int(self._sp[np.dtype(np.float32)][0].nnz)
 
-    def _scipy(self, dtype: torch.dtype) -> tuple[sp.csr_matrix, sp.csr_matrix] | None:
-        """``(A, Aᵀ)`` as scipy matrices of ``dtype`` (None: scipy has no such dtype)."""
-        np_dtype = _NUMPY_DTYPES.get(dtype)
-        if np_dtype is None:
+    def cpu_matrices(self, x: Tensor) -> tuple[sp.csr_matrix, sp.csr_matrix] | None:
+        """``(A, Aᵀ)`` as scipy matrices of ``x``'s dtype when the product runs in scipy.
+
+        None when ``x`` or ``A`` is off the CPU or scipy has no such dtype (torch's CSR
+        product is used then).
+        """
+        np_dtype = _NUMPY_DTYPES.get(x.dtype)
+        if np_dtype is None or x.device.type != "cpu" or self.a.device.type != "cpu":
             return None
         if np_dtype not in self._sp:
             a, a_t = self._sp[np.dtype(np.float32)]
@@ -124,7 +128,7 @@ class SparseOp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dtype != self.a.dtype:
             x = x.to(self.a.dtype)
-        mats = self._scipy(x.dtype) if x.device.type == "cpu" and self.a.device.type == "cpu" else None
+        mats = self.cpu_matrices(x)
         if mats is not None:
             if not torch.is_grad_enabled() or not x.requires_grad:
                 return _scipy_mm(mats[0], x)
@@ -142,7 +146,7 @@ class SparseOp(nn.Module):
         """
         if x.dtype != self.a.dtype:
             x = x.to(self.a.dtype)
-        mats = self._scipy(x.dtype) if x.device.type == "cpu" and self.a.device.type == "cpu" else None
+        mats = self.cpu_matrices(x)
         if mats is None:
             return self(x)[rows]
         sub = mats[0][rows.detach().cpu().numpy()]

@@ -64,7 +64,7 @@ def propagate_mean(op: SparseOp, x0: Tensor, n_layers: int, rows: Tensor | None 
         return out / (n_layers + 1)
     if n_layers == 0:
         return x0[rows]
-    mats = op._scipy(x0.dtype) if x0.device.type == "cpu" and op.a.device.type == "cpu" else None
+    mats = op.cpu_matrices(x0)
     if mats is not None and rows.device.type == "cpu":
         return _MeanRows.apply(x0.contiguous(), mats[0], mats[1], rows, n_layers)
     # Layers 0..L-1 summed in full (same order of additions as above), gathered once.

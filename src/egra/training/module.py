@@ -4,8 +4,9 @@ Evaluation follows MMRec: score every item for each evaluated user, mask the use
 train items (``-inf``), find where each held-out item lands in the ranking and
 macro-average Recall/NDCG/Precision/MAP/Hit@K over the users of the split. The position of
 a held-out item is counted (items scored above it, ties by item id) rather than read off
-a top-K list: the same hits as ``torch.topk`` without its partial sort of every row. Under DDP each rank scores a disjoint set of users
-and the per-metric *sums and counts* are all-reduced, so every user counts exactly once.
+a top-K list: the same hits as ``torch.topk`` without its partial sort of every row.
+Under DDP each rank scores a disjoint set of users and the per-metric *sums and counts*
+are all-reduced, so every user counts exactly once.
 """
 
 from __future__ import annotations
