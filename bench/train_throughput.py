@@ -35,6 +35,7 @@ with our MGCN epoch at the same thread count.
     python bench/train_throughput.py                 # baby, 1 and 2 threads (~15 min)
     python bench/train_throughput.py --threads 1     # one-thread figures only
     python bench/train_throughput.py --quick         # smoke run on the small preset
+    python bench/train_throughput.py --models lightgcn --merge   # re-measure one model in place
 """
 
 from __future__ import annotations
@@ -392,6 +393,11 @@ def main() -> None:
     p.add_argument("--preset", default=None, help="synthetic preset (default baby; quick: small)")
     p.add_argument("--root-dir", default=str(ROOT), help="paths.root_dir (data under <root>/data)")
     p.add_argument("--out", default=None)
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the output file's records of other (model, threads) cases, replace these",
+    )
     p.add_argument("--timeout", type=float, default=3600)
     args = p.parse_args()
     if args.run_case:
@@ -437,19 +443,31 @@ def main() -> None:
                     f"peak {rec['peak_mb']:.0f} MB",
                     flush=True,
                 )
-    _add_reference(records)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "epoch_measured_via": "lightning.Trainer.fit(RecommenderModule, RecDataModule), limit_val_batches=0",
         "eval_measured_via": "lightning.Trainer.validate (full ranking of all valid users)",
         "reference_source": "shared/reference/mmrec-protocol.md appendix (MMRec, 1 thread, 2-core CPU)",
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out.write_text(json.dumps([{**r, "meta": meta} for r in records], indent=2) + "\n")
+    records = [{**r, "meta": meta} for r in records]
+    if args.merge and out.exists():
+        records = _merge(json.loads(out.read_text()), records)
+    _add_reference(records)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(records, indent=2) + "\n")
     print()
     print_table(records)
     print(f"\nwrote {out}")
+
+
+def _merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with its (model, threads) cases that ``new`` measured replaced, in ``old``'s order."""
+    key = lambda r: (r["model"], r["threads"], r.get("preset"))  # noqa: E731
+    fresh = {key(r): r for r in new}
+    merged = [fresh.pop(key(r), r) for r in old]
+    return merged + list(fresh.values())
 
 
 def _cpu_name() -> str:

@@ -377,3 +377,19 @@ def test_mean_rows_gradient(n_layers):
     (wx,) = torch.autograd.grad(want, x0, g)
     torch.testing.assert_close(gx, wx)
     torch.autograd.gradcheck(lambda x: propagate_mean(op, x, n_layers, rows), (x0,))
+
+    # With the ego rows: both outputs' gradients, together and each alone.
+    from egra.models.lightgcn import propagate_mean_rows
+
+    out, ego = propagate_mean_rows(op, x0, n_layers, rows)
+    want = propagate_mean(op, x0, n_layers)[rows]
+    assert torch.equal(ego, x0[rows])
+    torch.testing.assert_close(out, want)
+    ge = torch.randn_like(ego)
+    (gx,) = torch.autograd.grad((out * g).sum() + (ego * ge).sum(), x0)
+    (wx,) = torch.autograd.grad((want * g).sum() + (x0[rows] * ge).sum(), x0)
+    torch.testing.assert_close(gx, wx)
+    (gx,) = torch.autograd.grad(propagate_mean_rows(op, x0, n_layers, rows)[1].pow(2).sum(), x0)
+    (wx,) = torch.autograd.grad(x0[rows].pow(2).sum(), x0)
+    torch.testing.assert_close(gx, wx)
+    torch.autograd.gradcheck(lambda x: propagate_mean_rows(op, x, n_layers, rows), (x0,))
