@@ -415,10 +415,14 @@ def main() -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(args.threads)
     t = time.perf_counter()
+    # The child's stderr (warnings) goes to a file: a pipe read only at the end could fill
+    # up during a run of hours and block the child.
+    err_path = work / "child_stderr.log"
+    err_file = open(err_path, "w")  # noqa: SIM115 - closed after the child exits
     proc = subprocess.Popen(
         [sys.executable, __file__, "--run-case", json.dumps(case)],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=err_file,
         text=True,
         env=env,
         cwd=str(ROOT),
@@ -430,11 +434,13 @@ def main() -> None:
         if not line.startswith("RESULT "):
             print(line, end="", flush=True)
     try:
-        err = proc.stderr.read() if proc.stderr else ""
         proc.wait(timeout=args.timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         raise SystemExit(f"timeout after {args.timeout:.0f}s") from None
+    finally:
+        err_file.close()
+    err = err_path.read_text(errors="replace")
     found = [x for x in lines if x.startswith("RESULT ")]
     if proc.returncode != 0 or not found:
         print(err[-5000:], file=sys.stderr)

@@ -21,7 +21,7 @@ from egra.models.base import Recommender
 from egra.models.egra import weighted_nce
 from egra.models.lightgcn import BPRMF, propagate_mean
 from egra.models.losses import bpr_loss, info_nce, l2_squared
-from egra.models.mgcn import _BlockedLinear, project
+from egra.models.mgcn import MGCN, _BlockedLinear, project
 from tests.toy_models import toy_data, toy_item_graph
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -50,7 +50,8 @@ def ref_sparse_forward(self: SparseOp, x):
     return a @ x.to(a.dtype)
 
 
-def ref_sparse_rows(self: SparseOp, x, rows):
+def ref_sparse_rows(self: SparseOp, x, rows, x_rows=None):
+    assert x_rows is None  # the reference path computes whole item views
     return self(x)[rows]
 
 
@@ -132,6 +133,7 @@ def patch_references(monkeypatch) -> None:
     monkeypatch.setattr("egra.models.mgcn.project", lambda layer, x: layer(x))
     monkeypatch.setattr("egra.models.egra.project", lambda layer, x: layer(x))
     monkeypatch.setattr(LightGCN, "loss", BPRMF.loss)
+    monkeypatch.setattr(MGCN, "_batch_items", lambda self, users, items: None)
     monkeypatch.setattr(EGRA, "loss", ref_egra_loss)
 
 
@@ -266,13 +268,23 @@ def test_egra_distinct_row_loss_equals_per_position_reference(mode, cross_pairs,
         torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("subsets", [False, True], ids=["default", "row-subsets"])
 @pytest.mark.parametrize("model", ["lightgcn", "mgcn", "egra"])
-def test_seeded_tiny_runs_match_reference_paths(cfg_factory, monkeypatch, model):
-    """Whole pipeline (pretrain -> S^pt -> train -> valid/test), fast paths vs references."""
+def test_seeded_tiny_runs_match_reference_paths(cfg_factory, monkeypatch, model, subsets):
+    """Whole pipeline (pretrain -> S^pt -> train -> valid/test), fast paths vs references.
+
+    ``row-subsets`` forces the large-catalog path (lower layers and item views kept to the
+    rows a batch reads), which tiny data would not take on its own.
+    """
+    from egra.models.lightgcn import _MeanRows
     from egra.pipeline.train import run
 
     over = [f"model={model}", "trainer.max_epochs=3", "backbones.mgcn.max_epochs=2", "knn.device=cpu"]
-    fast = run(cfg_factory(over, sub="fast"))
+    with monkeypatch.context() as mp:
+        if subsets:
+            mp.setattr(_MeanRows, "MAX_SUBSET", 1.0)
+            mp.setattr(MGCN, "MAX_ITEM_SUBSET", 1.0)
+        fast = run(cfg_factory(over, sub="fast"))
     with monkeypatch.context() as mp:
         patch_references(mp)
         ref = run(cfg_factory(over, sub="ref"))
@@ -357,11 +369,17 @@ def test_modality_graphs_are_built_once_per_feature_table(monkeypatch):
         assert approx.item_graphs[m].shape == (d["n_items"], d["n_items"])
 
 
+@pytest.mark.parametrize("max_subset", [0.0, 1.0])
 @pytest.mark.parametrize("n_layers", [1, 2, 3])
-def test_mean_rows_gradient(n_layers):
-    """LightGCN's rows-only propagation (hand-written backward) against autograd of the full one."""
+def test_mean_rows_gradient(n_layers, max_subset, monkeypatch):
+    """LightGCN's rows-only propagation (hand-written backward) against autograd of the full one.
+
+    ``max_subset`` 0 keeps every lower layer full, 1 keeps each on the rows it feeds.
+    """
     from egra.graphs import SparseOp, normalized_bipartite
-    from egra.models.lightgcn import propagate_mean
+    from egra.models.lightgcn import _MeanRows, propagate_mean
+
+    monkeypatch.setattr(_MeanRows, "MAX_SUBSET", max_subset)
 
     rng = np.random.default_rng(n_layers)
     r = sp.random(9, 7, density=0.4, random_state=rng, format="csr")
@@ -393,3 +411,81 @@ def test_mean_rows_gradient(n_layers):
     (wx,) = torch.autograd.grad(x0[rows].pow(2).sum(), x0)
     torch.testing.assert_close(gx, wx)
     torch.autograd.gradcheck(lambda x: propagate_mean_rows(op, x, n_layers, rows), (x0,))
+
+
+@pytest.mark.parametrize("n_layers", [2, 3])
+def test_mean_rows_subset_layers_match_full(n_layers, monkeypatch):
+    """On a sparse graph a few rows read a part of each lower layer: same values as full layers."""
+    from egra.graphs import SparseOp, normalized_bipartite
+    from egra.models.lightgcn import _MeanRows, _needed_rows, propagate_mean_rows
+
+    rng = np.random.default_rng(7)
+    r = sp.random(300, 200, density=0.01, random_state=rng, format="csr")
+    r.data[:] = 1.0
+    op = SparseOp(normalized_bipartite(r))
+    a = op.cpu_matrices(torch.zeros(1))[0]
+    rows = torch.tensor([3, 17, 17, 301, 450])
+    sets = _needed_rows(a, a[rows.numpy()], rows.numpy(), n_layers, 1.0)
+    assert len(sets) == n_layers - 1
+    assert all(len(s) < a.shape[0] // 2 for s in sets)  # a real subset
+    assert all(np.isin(rows.numpy(), s).all() for s in sets)
+    x0 = torch.randn(500, 4, dtype=torch.float64, requires_grad=True)
+    g, ge = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    results = {}
+    for max_subset in (0.0, 1.0):
+        monkeypatch.setattr(_MeanRows, "MAX_SUBSET", max_subset)
+        out, ego = propagate_mean_rows(op, x0, n_layers, rows)
+        (gx,) = torch.autograd.grad((out * g).sum() + (ego * ge).sum(), x0)
+        results[max_subset] = (out, gx)
+    # Forward: the same sums term for term; backward: the same up to summation order.
+    assert torch.equal(results[0.0][0], results[1.0][0])
+    torch.testing.assert_close(results[0.0][1], results[1.0][1])
+    torch.autograd.gradcheck(lambda x: propagate_mean_rows(op, x, n_layers, rows), (x0,))
+
+
+def test_sparse_rows_of_a_row_subset():
+    """``SparseOp.rows(x[cols], rows, x_rows=cols)`` equals ``(A @ x)[rows]``; columns() finds cols."""
+    m = _random_graph(80, 60, 0.05, seed=11, symmetric=False)
+    op = SparseOp(m)
+    rows = torch.tensor([5, 70, 5, 33])
+    extra = torch.tensor([59])
+    cols = op.columns(rows, extra)
+    dense = m.toarray()
+    want_cols = np.union1d(np.flatnonzero(dense[rows.numpy()].any(0)), [59])
+    np.testing.assert_array_equal(cols, want_cols)
+    x = torch.randn(60, 3, dtype=torch.float32, requires_grad=True)
+    got = op.rows(x[torch.from_numpy(cols)], rows, x_rows=cols)
+    assert torch.equal(got, op.rows(x, rows))
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    (wx,) = torch.autograd.grad(op.rows(x, rows).sum(), x)
+    torch.testing.assert_close(gx, wx)
+    with pytest.raises(ValueError, match="outside"):
+        op.rows(x[:5], rows, x_rows=np.arange(5))
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2])
+def test_mgcn_batch_views_on_item_subsets(n_layers, monkeypatch):
+    """MGCN's batch views computed on the items the batch reads equal those of whole item views."""
+    d = toy_data(n_users=60, n_items=80)
+    torch.manual_seed(0)
+    model = MGCN(**d, embedding_dim=8, knn_k=3, n_layers=n_layers, knn_device="cpu")
+    users, items = torch.tensor([4, 9, 9, 31]), torch.tensor([0, 77, 5, 5, 40])
+    need = MGCN._batch_items(model, users, items)
+    assert need is not None and len(need) < model.n_items  # a real subset
+    results = []
+    for part in (0.0, 1.0):
+        monkeypatch.setattr(MGCN, "MAX_ITEM_SUBSET", part)
+        assert (model._batch_items(users, items) is None) == (part == 0.0)
+        v = model.views(users, items)
+        params = [p for p in model.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(v.fused.pow(2).sum() + v.side.sum(), params, allow_unused=True)
+        results.append((v, grads))
+    (v0, g0), (v1, g1) = results
+    assert torch.equal(v0.fused, v1.fused)
+    for m in model.modalities:
+        assert torch.equal(v0.modal[m], v1.modal[m])
+    for a, b in zip(g0, g1, strict=True):
+        if a is None:
+            assert b is None
+        else:
+            torch.testing.assert_close(a, b)

@@ -137,22 +137,59 @@ class SparseOp(nn.Module):
             return torch.sparse.mm(self.a, x)
         return _SpMM.apply(self.a, self.a if self.a_t is None else self.a_t, x)
 
-    def rows(self, x: Tensor, rows: Tensor) -> Tensor:
+    def rows(self, x: Tensor, rows: Tensor, x_rows: np.ndarray | None = None) -> Tensor:
         """``(A @ x)[rows]`` without the other rows: ``A[rows] @ x``, backward ``A[rows]ᵀ g``.
 
         Row ``r`` of the result is the same dot product as row ``rows[r]`` of
         ``forward(x)`` (same terms in the same order). Worth it when ``rows`` is a small
         part of ``A``'s rows, e.g. the users and items of one training batch.
+
+        ``x_rows`` (sorted distinct ids): ``x`` holds only those rows of the operand,
+        ``x = X[x_rows]``, which must include every column ``A[rows]`` touches
+        (:meth:`columns`); the result is still ``(A @ X)[rows]``.
         """
         if x.dtype != self.a.dtype:
             x = x.to(self.a.dtype)
         mats = self.cpu_matrices(x)
         if mats is None:
+            if x_rows is not None:
+                full = x.new_zeros(self.shape[1], x.shape[1])
+                x = full.index_copy(0, torch.as_tensor(x_rows, device=x.device), x)
             return self(x)[rows]
         sub = mats[0][rows.detach().cpu().numpy()]
+        if x_rows is not None:
+            sub = restrict_columns(sub, x_rows)
         if not torch.is_grad_enabled() or not x.requires_grad:
             return _scipy_mm(sub, x)
         return _ScipySpMM.apply(x, sub, sub.T)
 
+    def columns(self, rows: Tensor | np.ndarray, extra: Tensor | np.ndarray | None = None) -> np.ndarray:
+        """Sorted distinct column ids that ``A[rows]`` touches, united with ``extra``'s ids."""
+        a = self._sp[np.dtype(np.float32)][0]
+        mark = np.zeros(a.shape[1], dtype=bool)
+        mark[a[_as_ids(rows)].indices] = True
+        if extra is not None:
+            mark[_as_ids(extra)] = True
+        return np.flatnonzero(mark)
+
     def extra_repr(self) -> str:
         return f"shape={tuple(self.shape)}, nnz={self.nnz}, symmetric={self.symmetric}"
+
+
+def _as_ids(ids: Tensor | np.ndarray) -> np.ndarray:
+    return ids.detach().cpu().numpy() if isinstance(ids, Tensor) else np.asarray(ids)
+
+
+def restrict_columns(m: sp.csr_matrix, cols: np.ndarray) -> sp.csr_matrix:
+    """``m[:, cols]`` for sorted distinct ``cols`` that hold every column ``m`` touches.
+
+    The non-zeros keep their order (the map from old to new column ids is increasing), so
+    each row of ``restrict_columns(m, cols) @ X[cols]`` is the same sum, term for term, as
+    that row of ``m @ X``. O(nnz + columns); no copy of the values.
+    """
+    where = np.full(m.shape[1], -1, dtype=np.int64)
+    where[cols] = np.arange(len(cols))
+    idx = where[m.indices]
+    if idx.size and idx.min() < 0:
+        raise ValueError("restrict_columns: the matrix touches columns outside `cols`")
+    return sp.csr_matrix((m.data, idx.astype(m.indices.dtype), m.indptr), shape=(m.shape[0], len(cols)))

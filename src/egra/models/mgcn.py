@@ -247,13 +247,38 @@ class MGCN(Recommender):
         f = project(self.proj[m], self.feature(m))
         return self.item_emb * torch.sigmoid(self.purifier[m](f))
 
-    def item_modality_view(self, m: str) -> Tensor:
-        """``H_m^I = S_m^{n_layers} Ĥ_m`` — ``[I, d]``."""
+    def item_modality_view(self, m: str, item_ids: np.ndarray | None = None) -> Tensor:
+        """``H_m^I = S_m^{n_layers} Ĥ_m`` — ``[I, d]``, or its rows ``item_ids`` (the last
+        item-graph layer then runs for those rows only; same numbers)."""
         h = self.purified(m)
         graph = self.item_graphs[m]
-        for _ in range(self.n_layers):
+        if item_ids is None:
+            for _ in range(self.n_layers):
+                h = graph(h)
+            return h
+        if self.n_layers == 0:
+            return h[torch.from_numpy(item_ids).to(h.device)]
+        for _ in range(self.n_layers - 1):
             h = graph(h)
-        return h
+        return graph.rows(h, torch.from_numpy(item_ids))
+
+    # The batch's modality views are kept to the items they need when these are at most
+    # this part of the catalog (on the CPU; a Baby batch needs ~98%, a 200k-item one ~20%).
+    MAX_ITEM_SUBSET = 0.5
+
+    def _batch_items(self, users: Tensor | None, items: Tensor | None) -> np.ndarray | None:
+        """Sorted ids of the items whose ``H_m^I`` rows the batch reads, or None for all.
+
+        Those are the requested items and every item ``R̂[users]`` touches.
+        """
+        graph = next(iter(self.item_graphs.values()))
+        if graph.cpu_matrices(self.item_emb) is None or self.r_hat.cpu_matrices(self.item_emb) is None:
+            return None
+        if users is None:
+            need = np.unique(items.detach().cpu().numpy())
+        else:
+            need = self.r_hat.columns(users, items)
+        return need if len(need) <= self.MAX_ITEM_SUBSET * self.n_items else None
 
     def modality_view(self, m: str) -> Tensor:
         """``H_m = [R̂ H_m^I; H_m^I]`` — ``[U + I, d]``."""
@@ -290,22 +315,32 @@ class MGCN(Recommender):
         step ``R̂[users] H_m^I`` and the fuser, which works row by row (that is what makes a
         training step cheap: a batch touches a few thousand of the ``U + I`` rows).
         """
-        items_h = {m: self.item_modality_view(m) for m in self.modalities}
         if users is None and items is None:
             content = self.content_view()
-            modal = {m: torch.cat([self.r_hat(h), h], dim=0) for m, h in items_h.items()}
+            modal = {}
+            for m in self.modalities:
+                h = self.item_modality_view(m)
+                modal[m] = torch.cat([self.r_hat(h), h], dim=0)
         else:
             # Only the requested rows: the last propagation step of C and the user step
-            # R̂ H_m^I are computed for them alone (same numbers as the full views' rows).
+            # R̂ H_m^I are computed for them alone (same numbers as the full views' rows),
+            # and so is the last item-graph step when the batch reads few items.
             node_rows = [r for r in (users, None if items is None else items + self.n_users) if r is not None]
             content = self.content_view(torch.cat(node_rows) if len(node_rows) > 1 else node_rows[0])
+            need = self._batch_items(users, items)
             modal = {}
-            for m, h in items_h.items():
+            for m in self.modalities:
+                h = self.item_modality_view(m, need)
                 parts = []
                 if users is not None:
-                    parts.append(self.r_hat.rows(h, users))
+                    parts.append(self.r_hat.rows(h, users, x_rows=need))
                 if items is not None:
-                    parts.append(h[items])
+                    at = (
+                        items
+                        if need is None
+                        else torch.from_numpy(np.searchsorted(need, items.cpu().numpy()))
+                    )
+                    parts.append(h[at.to(h.device)])
                 modal[m] = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
         side = self.fuse(content, modal)
         return MGCNViews(content=content, side=side, fused=content + side, modal=modal)
