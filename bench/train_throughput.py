@@ -51,6 +51,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from provenance import code_version
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CONF_DIR = ROOT / "conf"
@@ -450,6 +452,7 @@ def main() -> None:
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **code_version(),
     }
     records = [{**r, "meta": meta} for r in records]
     if args.merge and out.exists():
