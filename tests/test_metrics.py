@@ -354,10 +354,14 @@ def test_truth_ranks_hand_example_with_ties_and_mask():
     assert truth_ranks(scores, rows, items).tolist() == [2, 1, 3, 2, 4, 0]
 
 
+@pytest.mark.parametrize("columns", [5, 12, 16384])
 @pytest.mark.parametrize("use_numpy", [True, False])
-def test_count_ahead_paths_agree(use_numpy):
+def test_count_ahead_paths_agree(use_numpy, columns, monkeypatch):
+    """Both kernels, whole blocks and selected rows, in column slabs of any width."""
+    from egra.metrics import ranking
     from egra.metrics.ranking import _count_ahead
 
+    monkeypatch.setattr(ranking, "COUNT_COLUMNS", columns)
     g = torch.Generator().manual_seed(3)
     block = torch.randint(0, 5, (30, 12), generator=g).float()  # many ties
     items = torch.randint(0, 12, (30,), generator=g)
@@ -366,11 +370,17 @@ def test_count_ahead_paths_agree(use_numpy):
         [int((block[r] > values[r]).sum() + (block[r, : items[r]] == values[r]).sum()) for r in range(30)]
     )
     assert torch.equal(_count_ahead(block, values, items, use_numpy=use_numpy), slow)
+    rows = torch.tensor([29, 3, 3, 0, 17])
+    got = _count_ahead(block, values[rows], items[rows], use_numpy=use_numpy, rows=rows)
+    assert torch.equal(got, slow[rows])
 
 
-def test_rank_metric_sums_equal_topk_metric_sums():
+@pytest.mark.parametrize("columns", [7, 16384])
+def test_rank_metric_sums_equal_topk_metric_sums(columns, monkeypatch):
     """Random scores, masked items, several truth items per row: identical sums."""
-    from egra.metrics import rank_metric_sums, truth_ranks
+    from egra.metrics import rank_metric_sums, ranking, truth_ranks
+
+    monkeypatch.setattr(ranking, "COUNT_COLUMNS", columns)
 
     g = torch.Generator().manual_seed(0)
     b, n_items, ks = 40, 90, (1, 5, 20, 50)

@@ -173,32 +173,52 @@ def truth_ranks(scores: Tensor, truth_rows: Tensor, truth_items: Tensor) -> Tens
         sel = (occurrence == j).nonzero().squeeze(1)
         r = rows[sel]
         whole = r.numel() == b and bool((r == torch.arange(b, device=r.device)).all())
-        ranks[sel] = _count_ahead(scores if whole else scores[r], thr[sel], items[sel])
+        ranks[sel] = _count_ahead(scores, thr[sel], items[sel], rows=None if whole else r)
     return ranks
 
 
-def _count_ahead(block: Tensor, values: Tensor, items: Tensor, use_numpy: bool | None = None) -> Tensor:
-    """Row ``r``: ``#{j : block[r, j] > values[r]} + #{j < items[r] : block[r, j] = values[r]}``."""
+# Columns compared per pass on the CPU: the comparison buffer stays small (a few MB per
+# hundred rows, reused) and a column count below 2**16 lets the row sums run in uint16.
+COUNT_COLUMNS = 16384
+
+
+def _count_ahead(
+    block: Tensor, values: Tensor, items: Tensor, use_numpy: bool | None = None, rows: Tensor | None = None
+) -> Tensor:
+    """Row ``r``: ``#{j : B[r, j] > values[r]} + #{j < items[r] : B[r, j] = values[r]}``.
+
+    ``B`` is ``block``, or ``block[rows]`` when ``rows`` is given (on the CPU those rows
+    are read in place, a column slab at a time, rather than copied out whole).
+    """
     if use_numpy is None:
         use_numpy = block.device.type == "cpu"
-    if use_numpy:
-        # numpy's comparison + int8 row sums run ~3-5x faster than torch's bool kernels
-        # at one thread on the CPU, where they are the whole cost of ranking.
-        s, v = block.detach().numpy(), values.detach().numpy()[:, None]
-        buf = np.empty(s.shape, dtype=bool)  # one buffer for both passes
-        acc = np.uint16 if s.shape[1] < 2**16 else np.int64  # narrow sums are faster
-        np.greater(s, v, out=buf)
-        ahead = buf.view(np.uint8).sum(1, dtype=acc).astype(np.int64)
-        np.equal(s, v, out=buf)
-        equal = buf.view(np.uint8).sum(1, dtype=acc)
-        for r in np.flatnonzero(equal > 1):  # exact ties besides the item itself: rare
-            t = int(items[r])
-            ahead[r] += int(np.count_nonzero(s[r, :t] == v[r, 0]))
-        return torch.from_numpy(ahead)
-    ahead = (block > values[:, None]).sum(1)
-    ties = block == values[:, None]
-    ties &= torch.arange(block.shape[1], device=block.device)[None, :] < items[:, None]
-    return ahead + ties.sum(1)
+    if not use_numpy:
+        b = block if rows is None else block[rows]
+        ahead = (b > values[:, None]).sum(1)
+        ties = b == values[:, None]
+        ties &= torch.arange(b.shape[1], device=b.device)[None, :] < items[:, None]
+        return ahead + ties.sum(1)
+    # numpy's comparison + narrow row sums run ~3-5x faster than torch's bool kernels at
+    # one thread on the CPU, where they are the whole cost of ranking.
+    s, v = block.detach().numpy(), values.detach().numpy()[:, None]
+    r = None if rows is None else rows.detach().cpu().numpy()
+    n, n_cols = v.shape[0], s.shape[1]
+    width = min(n_cols, COUNT_COLUMNS)
+    buf = np.empty((n, width), dtype=bool)  # one buffer for every pass
+    ahead = np.zeros(n, dtype=np.int64)
+    equal = np.zeros(n, dtype=np.int64)
+    for c0 in range(0, n_cols, width):
+        part = s[:, c0 : c0 + width] if r is None else s[r, c0 : c0 + width]
+        out = buf[:, : part.shape[1]]
+        np.greater(part, v, out=out)
+        ahead += out.view(np.uint8).sum(1, dtype=np.uint16)
+        np.equal(part, v, out=out)
+        equal += out.view(np.uint8).sum(1, dtype=np.uint16)
+    for i in np.flatnonzero(equal > 1):  # exact ties besides the item itself: rare
+        t = int(items[i])
+        row = s[i if r is None else r[i]]
+        ahead[i] += int(np.count_nonzero(row[:t] == v[i, 0]))
+    return torch.from_numpy(ahead)
 
 
 def rank_metric_sums(
