@@ -30,7 +30,7 @@ Here items belong to clusters with Zipf popularity, users prefer one cluster, ev
 appears at least once (MMRec ids must be contiguous) and every user has at least 5
 interactions (1 valid, 1 test, 3+ train, chronological-style split of a random order).
 
-    python bench/scale.py                 # 200k items, 2M interactions, 1 thread (~1 h)
+    python bench/scale.py                 # 200k items, 2M interactions, 1 thread (~1 h 45 min)
     python bench/scale.py --threads 2     # all cores (slower when other jobs share them)
     python bench/scale.py --quick         # 20k items, 200k interactions (a few minutes)
 """
