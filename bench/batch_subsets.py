@@ -2,8 +2,8 @@
 
 On a large catalog one batch of 2048 reads a small part of the graph: its users' items, its
 items' users and their item-graph neighbours. Past a size, the lower LightGCN layer and
-the item-modality views are then computed on those rows only (``_MeanRows.MAX_SUBSET``,
-``MGCN.MAX_ITEM_SUBSET``; the forward sums are the same term for term). This times MGCN
+the item-modality views are then computed on those rows only
+(``egra.graphs.sparse.MAX_ROW_SUBSET``; the forward sums are the same term for term). This times MGCN
 training steps (loss, backward, fused Adam) both ways on the catalog of ``bench/scale.py``
 (generated, 200k items / 2M interactions by default), one torch thread, and reports how
 much of the catalog a batch reads.
@@ -24,10 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import code_version
+from egra.pipeline.io import git_dirty, git_revision
 from scale import ensure_dataset
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 DEFAULT_OUT = HERE / "results" / "batch_subsets.json"
 
 
@@ -50,7 +51,7 @@ def main() -> None:
     threadpool_limits(1)
 
     from egra.data.datamodule import RecDataModule
-    from egra.models.lightgcn import _MeanRows
+    from egra.graphs import sparse
     from egra.models.mgcn import MGCN
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="egra-subsets-"))
@@ -89,11 +90,11 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    modes = {"whole_tables": 0.0, "row_subsets": 0.5}
+    modes = {"whole_tables": 0.0, "row_subsets": sparse.MAX_ROW_SUBSET}
     times: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(args.rounds):
         for mode, part in modes.items():
-            _MeanRows.MAX_SUBSET = MGCN.MAX_ITEM_SUBSET = part
+            sparse.MAX_ROW_SUBSET = part
             for batch in batches[:2]:  # warm-up
                 step(batch)
             for batch in batches[2:]:
@@ -119,7 +120,8 @@ def main() -> None:
         **{f"{m}_step_s_median": round(statistics.median(v), 3) for m, v in times.items()},
         **{f"{m}_step_s": [round(x, 3) for x in v] for m, v in times.items()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **code_version(),
+        "commit": git_revision(ROOT),
+        "dirty": git_dirty(ROOT),
     }
     rec["speedup"] = round(rec["whole_tables_step_s_median"] / rec["row_subsets_step_s_median"], 2)
     out = Path(args.out)

@@ -47,8 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from egra.pipeline.io import git_dirty, git_revision
 from memory import PeakMemory
-from provenance import code_version
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -454,7 +454,8 @@ def main() -> None:
             "generate_s": round(gen_s, 1),
             "child_wall_s": round(time.perf_counter() - t, 1),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            **code_version(),
+            "commit": git_revision(ROOT),
+            "dirty": git_dirty(ROOT),
             "pipeline": "egra.pipeline: pretrain(mgcn) -> pretrained_item_graph -> build_net -> fit_and_evaluate",
             "overrides": "model=egra backbones.mgcn.max_epochs=1 trainer.max_epochs=1 knn.device=cpu logger=none",
         }

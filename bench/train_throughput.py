@@ -51,7 +51,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from provenance import code_version
+from egra.pipeline.io import git_dirty, git_revision
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -452,7 +452,8 @@ def main() -> None:
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        **code_version(),
+        "commit": git_revision(ROOT),
+        "dirty": git_dirty(ROOT),
     }
     records = [{**r, "meta": meta} for r in records]
     if args.merge and out.exists():

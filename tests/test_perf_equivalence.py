@@ -15,6 +15,7 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from egra.graphs import sparse as sparse_mod
 from egra.graphs.sparse import SparseOp
 from egra.models import EGRA, LightGCN
 from egra.models.base import Recommender
@@ -276,14 +277,12 @@ def test_seeded_tiny_runs_match_reference_paths(cfg_factory, monkeypatch, model,
     ``row-subsets`` forces the large-catalog path (lower layers and item views kept to the
     rows a batch reads), which tiny data would not take on its own.
     """
-    from egra.models.lightgcn import _MeanRows
     from egra.pipeline.train import run
 
     over = [f"model={model}", "trainer.max_epochs=3", "backbones.mgcn.max_epochs=2", "knn.device=cpu"]
     with monkeypatch.context() as mp:
         if subsets:
-            mp.setattr(_MeanRows, "MAX_SUBSET", 1.0)
-            mp.setattr(MGCN, "MAX_ITEM_SUBSET", 1.0)
+            mp.setattr(sparse_mod, "MAX_ROW_SUBSET", 1.0)
         fast = run(cfg_factory(over, sub="fast"))
     with monkeypatch.context() as mp:
         patch_references(mp)
@@ -377,9 +376,9 @@ def test_mean_rows_gradient(n_layers, max_subset, monkeypatch):
     ``max_subset`` 0 keeps every lower layer full, 1 keeps each on the rows it feeds.
     """
     from egra.graphs import SparseOp, normalized_bipartite
-    from egra.models.lightgcn import _MeanRows, propagate_mean
+    from egra.models.lightgcn import propagate_mean
 
-    monkeypatch.setattr(_MeanRows, "MAX_SUBSET", max_subset)
+    monkeypatch.setattr(sparse_mod, "MAX_ROW_SUBSET", max_subset)
 
     rng = np.random.default_rng(n_layers)
     r = sp.random(9, 7, density=0.4, random_state=rng, format="csr")
@@ -417,7 +416,7 @@ def test_mean_rows_gradient(n_layers, max_subset, monkeypatch):
 def test_mean_rows_subset_layers_match_full(n_layers, monkeypatch):
     """On a sparse graph a few rows read a part of each lower layer: same values as full layers."""
     from egra.graphs import SparseOp, normalized_bipartite
-    from egra.models.lightgcn import _MeanRows, _needed_rows, propagate_mean_rows
+    from egra.models.lightgcn import _needed_rows, propagate_mean_rows
 
     rng = np.random.default_rng(7)
     r = sp.random(300, 200, density=0.01, random_state=rng, format="csr")
@@ -425,15 +424,17 @@ def test_mean_rows_subset_layers_match_full(n_layers, monkeypatch):
     op = SparseOp(normalized_bipartite(r))
     a = op.cpu_matrices(torch.zeros(1))[0]
     rows = torch.tensor([3, 17, 17, 301, 450])
-    sets = _needed_rows(a, a[rows.numpy()], rows.numpy(), n_layers, 1.0)
-    assert len(sets) == n_layers - 1
-    assert all(len(s) < a.shape[0] // 2 for s in sets)  # a real subset
-    assert all(np.isin(rows.numpy(), s).all() for s in sets)
+    levels = _needed_rows(a, a[rows.numpy()], rows.numpy(), n_layers, 1.0)
+    assert len(levels) == n_layers - 1
+    for s, a_s in levels:
+        assert len(s) < a.shape[0] // 2  # a real subset
+        assert np.isin(rows.numpy(), s).all()
+        assert (a_s != a[s]).nnz == 0
     x0 = torch.randn(500, 4, dtype=torch.float64, requires_grad=True)
     g, ge = torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
     results = {}
     for max_subset in (0.0, 1.0):
-        monkeypatch.setattr(_MeanRows, "MAX_SUBSET", max_subset)
+        monkeypatch.setattr(sparse_mod, "MAX_ROW_SUBSET", max_subset)
         out, ego = propagate_mean_rows(op, x0, n_layers, rows)
         (gx,) = torch.autograd.grad((out * g).sum() + (ego * ge).sum(), x0)
         results[max_subset] = (out, gx)
@@ -461,6 +462,10 @@ def test_sparse_rows_of_a_row_subset():
     torch.testing.assert_close(gx, wx)
     with pytest.raises(ValueError, match="outside"):
         op.rows(x[:5], rows, x_rows=np.arange(5))
+    # torch's CSR path (what other devices take): the same rows.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SparseOp, "cpu_matrices", lambda self, x: None)
+        torch.testing.assert_close(op.rows(x[torch.from_numpy(cols)], rows, x_rows=cols), got)
 
 
 @pytest.mark.parametrize("n_layers", [0, 1, 2])
@@ -474,7 +479,7 @@ def test_mgcn_batch_views_on_item_subsets(n_layers, monkeypatch):
     assert need is not None and len(need) < model.n_items  # a real subset
     results = []
     for part in (0.0, 1.0):
-        monkeypatch.setattr(MGCN, "MAX_ITEM_SUBSET", part)
+        monkeypatch.setattr(sparse_mod, "MAX_ROW_SUBSET", part)
         assert (model._batch_items(users, items) is None) == (part == 0.0)
         v = model.views(users, items)
         params = [p for p in model.parameters() if p.requires_grad]

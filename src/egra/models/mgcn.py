@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite, user_item_block
+from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite, sparse, user_item_block
 from egra.graphs.dense import mm as dense_mm
 from egra.graphs.knn import knn_graph
 from egra.models.base import Recommender
@@ -262,14 +262,12 @@ class MGCN(Recommender):
             h = graph(h)
         return graph.rows(h, torch.from_numpy(item_ids))
 
-    # The batch's modality views are kept to the items they need when these are at most
-    # this part of the catalog (on the CPU; a Baby batch needs ~98%, a 200k-item one ~20%).
-    MAX_ITEM_SUBSET = 0.5
-
     def _batch_items(self, users: Tensor | None, items: Tensor | None) -> np.ndarray | None:
         """Sorted ids of the items whose ``H_m^I`` rows the batch reads, or None for all.
 
-        Those are the requested items and every item ``R̂[users]`` touches.
+        Those are the requested items and every item ``R̂[users]`` touches; None as well
+        when they exceed ``egra.graphs.sparse.MAX_ROW_SUBSET`` of the catalog (a Baby batch
+        reads ~98% of its items, one of the 200k-item scale catalog 20%) or off the CPU.
         """
         graph = next(iter(self.item_graphs.values()))
         if graph.cpu_matrices(self.item_emb) is None or self.r_hat.cpu_matrices(self.item_emb) is None:
@@ -278,7 +276,7 @@ class MGCN(Recommender):
             need = np.unique(items.detach().cpu().numpy())
         else:
             need = self.r_hat.columns(users, items)
-        return need if len(need) <= self.MAX_ITEM_SUBSET * self.n_items else None
+        return need if len(need) <= sparse.MAX_ROW_SUBSET * self.n_items else None
 
     def modality_view(self, m: str) -> Tensor:
         """``H_m = [R̂ H_m^I; H_m^I]`` — ``[U + I, d]``."""

@@ -35,11 +35,20 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def git_revision(cwd: str | Path | None = None) -> str | None:
+def _git(*args: str, cwd: str | Path | None = None) -> str | None:
+    """``git args`` output, stripped; None without git, outside a repository or on error."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
-        )
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_revision(cwd: str | Path | None = None) -> str | None:
+    return _git("rev-parse", "HEAD", cwd=cwd) or None
+
+
+def git_dirty(cwd: str | Path | None = None) -> bool | None:
+    """Whether tracked files differ from ``HEAD`` (None when git cannot tell)."""
+    status = _git("status", "--porcelain", "--untracked-files=no", cwd=cwd)
+    return None if status is None else bool(status)
