@@ -16,7 +16,7 @@ ifneq ($(strip $(GPUS)),)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint format data bench clean report sweep
+.PHONY: help setup train test lint format data bench clean report sweep compare
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ endif
 sweep: $(STAMP) ## Run a sweep, then report it: SWEEP=lambda_grid|k_pt|seeds|ablations|optuna ARGS="k=v ..." [SWEEP_DIR=<dir>]
 	$(BIN)/egra-train -m hparams_search=$(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
 	$(BIN)/egra-report $(SWEEP_DIR)
+
+PRESET ?= small
+TRIALS ?= 10
+SEEDS ?= 0 1 2 3 4
+compare: $(STAMP) ## LightGCN vs MGCN vs EGRA: equal Optuna budget, seeds, paired tests (PRESET= TRIALS= SEEDS="0 1 2 3 4")
+	$(BIN)/python -m egra.cli.compare --preset $(PRESET) --trials $(TRIALS) --seeds $(SEEDS) $(ARGS)
 
 report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/multiruns/<time> (default: newest)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun dir> [ARGS='--out D --metrics ...']"; exit 2; }

@@ -155,3 +155,77 @@ def test_schedule_callback_sets_model_weight():
         seen.append(net.align_weight)
         assert pl.logged["align/lambda"] == net.align_weight
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3])
+
+
+def _dense_norm(m: np.ndarray) -> np.ndarray:
+    deg = m.sum(1)
+    dinv = np.where(deg > 0, deg**-0.5, 0)
+    return dinv[:, None] * m * dinv[None, :]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_separate_normalisation_keeps_user_item_weights(weighted):
+    """pt_norm=separate: norm([[0,R],[Rᵀ,0]]) + β·norm(S) in the item block, for any S values."""
+    d = toy_data()
+    g = toy_item_graph(d["n_items"])
+    if weighted:  # similarity-weighted edges
+        g.data = np.linspace(0.2, 1.0, g.nnz, dtype=np.float32)
+        g = g.maximum(g.T).tocsr()
+    m = EGRA(**d, item_graph=g, beta=0.3, pt_norm="separate")
+    a = m.adj.a.to_dense().numpy()
+    u, n = d["n_users"], d["n_items"]
+    r = np.zeros((u, n), dtype=np.float32)
+    r[d["train_users"], d["train_items"]] = 1
+    expected = _dense_norm(np.block([[np.zeros((u, u)), r], [r.T, np.zeros((n, n))]]))
+    expected[u:, u:] += 0.3 * _dense_norm(g.toarray())
+    np.testing.assert_allclose(a, expected, rtol=1e-5, atol=1e-7)
+    # The user-item block equals LightGCN's; the joint form shrinks it.
+    plain = EGRA(**d, item_graph=None).adj.a.to_dense().numpy()
+    np.testing.assert_allclose(a[:u, u:], plain[:u, u:], rtol=1e-6)
+    joint = EGRA(**d, item_graph=g, beta=0.3).adj.a.to_dense().numpy()
+    assert (joint[:u, u:].sum() < plain[:u, u:].sum()) and joint[u:, u:].any()
+
+
+def test_align_scale_chance_divides_by_log_batch():
+    d = toy_data()
+    batch = _batch(d, b=16)
+    losses = {}
+    for scale in ("raw", "chance"):
+        torch.manual_seed(0)
+        m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]), align_scale=scale)
+        losses[scale] = m.loss(*batch)
+    assert losses["chance"]["align"] == pytest.approx(float(losses["raw"]["align"]) / math.log(16), rel=1e-5)
+    assert torch.allclose(losses["chance"]["bpr"], losses["raw"]["bpr"])
+
+
+def test_align_views_per_modality_is_mean_of_modal_nces():
+    d = toy_data()
+    users, pos, neg = _batch(d)
+    torch.manual_seed(0)
+    m = EGRA(**d, item_graph=None, align_views="per_modality", entity_weighting="uniform")
+    out = m.loss(users, pos, neg)
+    # Same numbers by hand: plain InfoNCE over batch positions, behavior view vs each E^m.
+    v = m.views(torch.unique(users), torch.unique(torch.cat([pos, neg])))
+    nu = torch.unique(users).shape[0]
+    uu, u_inv = torch.unique(users, return_inverse=True)
+    ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+    expected = 0.0
+    for mod in m.modalities:
+        eb, em = v.content, v.modal[mod]
+        expected = expected + info_nce(eb[u_inv], em[u_inv], m.tau_u)
+        p = nu + i_inv[: users.shape[0]]
+        expected = expected + info_nce(eb[p], em[p], m.tau_i)
+    assert float(out["align"]) == pytest.approx(float(expected.detach()) / len(m.modalities), rel=1e-4)
+    with pytest.raises(ValueError, match="align_views"):
+        EGRA(**d, item_graph=None, align_views="nope")
+    with pytest.raises(ValueError, match="pt_norm"):
+        EGRA(**d, item_graph=None, pt_norm="nope")
+
+
+def test_lambda_warmup_holds_zero_then_ramps():
+    vals = [lambda_at(t, 0.01, 0.05, 4, "linear", warmup=3) for t in range(10)]
+    assert vals[:3] == [0.0, 0.0, 0.0]
+    assert (
+        vals[3] == pytest.approx(0.01) and vals[7] == pytest.approx(0.05) and vals[9] == pytest.approx(0.05)
+    )
+    assert vals[5] == pytest.approx(0.03)

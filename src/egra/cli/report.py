@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from egra.pipeline.compare import COMPARE_JSON, render_compare
 from egra.pipeline.report import DEFAULT_METRICS, NoJobsError, write_report
 
 
@@ -35,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit status: 0 with at least one finished job, 1 when no job finished, 2 when no job found."""
     args = _parser().parse_args(argv)
+    comparisons = [Path(d) / COMPARE_JSON for d in args.dirs if (Path(d) / COMPARE_JSON).is_file()]
+    if comparisons:  # an egra-compare directory: its tables and paired tests
+        for path in comparisons:
+            print(render_compare(path))
+        return 0
     try:
         metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
         report = write_report(args.dirs, out=args.out, metrics=metrics, plots=not args.no_plots)

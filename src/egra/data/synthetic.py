@@ -110,6 +110,11 @@ class SyntheticConfig:
     text_noise: float = 0.5
     val_frac: float = 0.1
     test_frac: float = 0.1
+    #: co-purchase bundles the features cannot see: items fall into random groups of
+    #: ``bundle_size`` (independent of taste and features) and each purchase brings one
+    #: other member of its bundle along with probability ``bundle_prob``.
+    bundle_size: int = 0
+    bundle_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.min_user < 5:
@@ -143,6 +148,28 @@ PRESETS: dict[str, SyntheticConfig] = {
         nuisance_scale=0.4,
         image_noise=0.3,
         text_noise=0.3,
+    ),
+    # a different item-item structure: co-purchase bundles that features do not explain,
+    # and features that see fewer taste dimensions through more noise than `small`'s
+    "cobuy": SyntheticConfig(
+        name="cobuy",
+        n_users=2500,
+        n_items=2000,
+        image_dim=256,
+        text_dim=64,
+        item_spread=1.5,
+        user_spread=1.5,
+        temperature=1.3,
+        zipf=0.3,
+        extra_mu=0.5,
+        image_dims=(0, 9),
+        text_dims=(5, 13),
+        latent_noise=0.6,
+        nuisance_scale=0.8,
+        image_noise=0.6,
+        text_noise=0.6,
+        bundle_size=4,
+        bundle_prob=0.5,
     ),
     # the sizes of Amazon Baby as released by MMRec
     "baby": SyntheticConfig(
@@ -196,8 +223,10 @@ def generate_full(preset: str | SyntheticConfig, seed: int) -> SyntheticDataset:
     """Like :func:`generate`, plus ratings, timestamps and the planted latent structure."""
     cfg = _config(preset)
     seed = int(seed)
-    streams = np.random.SeedSequence([seed, GENERATOR_VERSION]).spawn(8)
-    rng_lat, rng_pop, rng_cnt, rng_buy, rng_fill, rng_time, rng_img, rng_txt = (
+    # A ninth stream for bundles: spawn(9)'s first eight are spawn(8)'s, so presets
+    # without bundles keep their data.
+    streams = np.random.SeedSequence([seed, GENERATOR_VERSION]).spawn(9)
+    rng_lat, rng_pop, rng_cnt, rng_buy, rng_fill, rng_time, rng_img, rng_txt, rng_bundle = (
         np.random.default_rng(s) for s in streams
     )
     U, I, K = cfg.n_users, cfg.n_items, cfg.latent_dim
@@ -220,6 +249,8 @@ def generate_full(preset: str | SyntheticConfig, seed: int) -> SyntheticDataset:
     extra = np.floor(rng_cnt.lognormal(cfg.extra_mu, cfg.extra_sigma, size=U)).astype(np.int64)
     n_u = np.minimum(cfg.min_user + extra, min(cfg.max_user, I))
     users, items = _sample_purchases(P, V, log_pop, n_u, scale, rng_buy)
+    if cfg.bundle_size > 1 and cfg.bundle_prob > 0:
+        users, items = _add_bundle_purchases(users, items, I, cfg, rng_bundle)
     users, items = _fill_items(P, V, users, items, cfg.min_item, scale, rng_fill)
 
     # 4. time order, ratings
@@ -288,6 +319,24 @@ def _sample_purchases(P, V, log_pop, n_u, scale, rng, chunk: int = 2048):
         users.append(np.repeat(np.arange(start, stop), counts))
         items.append(picked[mask])
     return np.concatenate(users), np.concatenate(items)
+
+
+def _add_bundle_purchases(users, items, n_items, cfg: SyntheticConfig, rng):
+    """With probability ``bundle_prob`` a purchase brings one other member of its bundle."""
+    perm = rng.permutation(n_items)  # bundle b = perm[b*size : (b+1)*size]
+    slot = np.empty(n_items, dtype=np.int64)
+    slot[perm] = np.arange(n_items)
+    size = cfg.bundle_size
+    start = (slot[items] // size) * size
+    width = np.minimum(size, n_items - start)
+    take = (rng.random(len(items)) < cfg.bundle_prob) & (width > 1)
+    shift = rng.integers(1, np.maximum(width, 2))  # another member, uniformly
+    partner = perm[start + (slot[items] - start + shift) % width]
+    u = np.concatenate([users, users[take]])
+    i = np.concatenate([items, partner[take]])
+    _, first = np.unique(u * n_items + i, return_index=True)  # repeat purchases count once
+    first.sort()
+    return u[first], i[first]
 
 
 def _fill_items(P, V, users, items, min_item, scale, rng, chunk: int = 512):

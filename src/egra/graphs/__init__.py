@@ -1,7 +1,9 @@
 """Graph construction and sparse propagation (no model code here)."""
 
 from egra.graphs.adjacency import (
+    PT_NORMS,
     bipartite_adjacency,
+    enhanced_adjacency,
     interaction_matrix,
     normalized_bipartite,
     sym_normalize,
@@ -11,8 +13,10 @@ from egra.graphs.knn import graph_stats, knn_graph, knn_graph_preset, topk_neigh
 from egra.graphs.sparse import SparseOp, scipy_to_torch_csr
 
 __all__ = [
+    "PT_NORMS",
     "SparseOp",
     "bipartite_adjacency",
+    "enhanced_adjacency",
     "graph_stats",
     "knn_graph",
     "knn_graph_preset",

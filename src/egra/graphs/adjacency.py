@@ -55,6 +55,35 @@ def normalized_bipartite(
     return sym_normalize(bipartite_adjacency(r, item_item, beta))
 
 
+#: How ``S^pt`` enters the enhanced graph (``egra-method.md`` leaves it open).
+PT_NORMS = ("joint", "separate")
+
+
+def enhanced_adjacency(
+    r: sp.spmatrix, item_item: sp.spmatrix | None, beta: float = 1.0, pt_norm: str = "joint"
+) -> sp.csr_matrix:
+    """EGRA's normalised enhanced behavior graph ``Â_e``.
+
+    ``joint``: ``norm([[0, R], [Rᵀ, β·S]])`` -- one normalisation, so the item-item edges
+    add to every item's degree and shrink its user-item message weights.
+    ``separate``: ``norm([[0, R], [Rᵀ, 0]]) + [[0, 0], [0, β·norm(S)]]`` -- the user-item
+    weights stay LightGCN's and ``S`` adds a separately normalised item-item term of
+    weight ``β`` (the form of LATTICE/FREEDOM-style item graphs).
+    ``item_item=None`` or ``β = 0`` gives LightGCN's ``Â`` either way.
+    """
+    if pt_norm not in PT_NORMS:
+        raise ValueError(f"pt_norm must be one of {PT_NORMS}, got {pt_norm!r}")
+    if pt_norm == "joint" or item_item is None or beta == 0:
+        return normalized_bipartite(r, item_item, beta)
+    n_users = r.shape[0]
+    ii = sym_normalize(item_item) * np.float32(beta)
+    if ii.shape != (r.shape[1], r.shape[1]):
+        raise ValueError(f"item-item block has shape {ii.shape}, expected ({r.shape[1]}, {r.shape[1]})")
+    out = (normalized_bipartite(r) + sp.block_diag([sp.csr_matrix((n_users, n_users)), ii])).tocsr()
+    out.sort_indices()
+    return out
+
+
 def user_item_block(a_norm: sp.csr_matrix, n_users: int) -> sp.csr_matrix:
     """The user x item block ``R̂`` of a normalised bipartite adjacency."""
     return a_norm[:n_users, n_users:].tocsr()

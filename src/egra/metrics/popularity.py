@@ -12,9 +12,13 @@ non-empty. :func:`group_truth` filters the truth pairs accordingly; feed its out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
+
+from egra.metrics.ranking import means_from_sums, rank_metric_sums
 
 
 def popularity_groups(item_counts: np.ndarray, n_groups: int = 5) -> np.ndarray:
@@ -81,3 +85,36 @@ def group_truth(
     groups = torch.as_tensor(item_group).to(items.device)
     keep = groups[items.long()] == g
     return rows[keep.to(rows.device)], items[keep]
+
+
+def mostpop_metrics(
+    train_users: np.ndarray,
+    train_items: np.ndarray,
+    eval_users: np.ndarray,
+    eval_items: np.ndarray,
+    n_items: int,
+    ks: Sequence[int] = (20,),
+) -> dict[str, float]:
+    """Metrics of MostPop (rank items by train interactions) on one held-out split.
+
+    Same protocol as the models': each user's train items are masked, ties go to the
+    lower item id, metrics are macro averages over users with held-out items. No score
+    matrix: a held-out item's rank is its global popularity rank minus the user's masked
+    items ranked above it, so the cost is O((train + held-out) log) for any catalog.
+    """
+    counts = np.bincount(np.asarray(train_items), minlength=n_items)
+    order = np.lexsort((np.arange(n_items), -counts))  # most popular first, ties by id
+    grank = np.empty(n_items, dtype=np.int64)
+    grank[order] = np.arange(n_items)
+    tu, ti = np.asarray(train_users, dtype=np.int64), np.asarray(train_items, dtype=np.int64)
+    train_keys = np.unique(tu * n_items + grank[ti])  # repeated pairs are masked once
+    eu, ei = np.asarray(eval_users, dtype=np.int64), np.asarray(eval_items, dtype=np.int64)
+    pairs = np.unique(eu * n_items + ei)  # distinct held-out pairs, as the models count them
+    eu, ei = pairs // n_items, pairs % n_items
+    ahead = np.searchsorted(train_keys, eu * n_items + grank[ei]) - np.searchsorted(train_keys, eu * n_items)
+    ranks = grank[ei] - ahead
+    # A held-out item the user also has in train is masked like the others: never a hit.
+    ranks[np.isin(pairs, tu * n_items + ti)] = n_items
+    users, rows = np.unique(eu, return_inverse=True)
+    sums, n_users = rank_metric_sums(torch.from_numpy(rows), torch.from_numpy(ranks), len(users), ks)
+    return means_from_sums(sums, n_users)

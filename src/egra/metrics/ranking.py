@@ -75,6 +75,14 @@ def hit_matrix(topk: Tensor, truth_rows: Tensor, truth_items: Tensor, n_items: i
 def metric_sums(hits: Tensor, n_relevant: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, Tensor]:
     """Sums over the ``B`` users of a chunk of every metric at every cut-off (float64 scalars).
 
+    The sums of :func:`metric_rows`.
+    """
+    return {key: value.sum() for key, value in metric_rows(hits, n_relevant, ks).items()}
+
+
+def metric_rows(hits: Tensor, n_relevant: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, Tensor]:
+    """Every metric at every cut-off for each of the ``B`` users of a chunk (float64 ``[B]``).
+
     Keys are ``f"{name}@{k}"`` for ``name`` in :data:`METRICS` and ``k`` in ``ks``;
     ``hits`` is ``[B, K]`` bool in rank order with ``K >= max(ks)``; ``n_relevant`` is
     ``|T_u| > 0`` per user. MMRec's formulas, with ``h_j`` the hit at rank ``j``:
@@ -118,7 +126,7 @@ def metric_sums(hits: Tensor, n_relevant: Tensor, ks: Iterable[int] = DEFAULT_KS
             "Hit": (hk > 0).to(torch.float64),
         }
         for name in METRICS:
-            out[f"{name}@{k}"] = per_user[name].sum()
+            out[f"{name}@{k}"] = per_user[name]
     return out
 
 
@@ -229,6 +237,14 @@ def rank_metric_sums(
     ``hit[b, j]`` is set where a truth item of row ``b`` has rank ``j < max(ks)``; the
     rest is :func:`metric_sums` with ``|T_u|`` = the row's number of truth pairs.
     """
+    keep, per_row = rank_metric_rows(truth_rows, ranks, n_rows, ks)
+    return {key: value.sum() for key, value in per_row.items()}, int(keep.numel())
+
+
+def rank_metric_rows(
+    truth_rows: Tensor, ranks: Tensor, n_rows: int, ks: Iterable[int] = DEFAULT_KS
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Per-row metrics from truth ranks: (the rows with truth pairs, :func:`metric_rows` of them)."""
     ks = tuple(int(k) for k in ks)
     rows = torch.as_tensor(truth_rows).long().reshape(-1)
     ranks = torch.as_tensor(ranks).long().reshape(-1).to(rows.device)
@@ -237,8 +253,8 @@ def rank_metric_sums(
     top = ranks < kmax
     hits[rows[top], ranks[top]] = True
     n_rel = torch.bincount(rows, minlength=n_rows)
-    keep = n_rel > 0
-    return metric_sums(hits[keep], n_rel[keep], ks), int(keep.sum())
+    keep = torch.nonzero(n_rel > 0).reshape(-1)
+    return keep, metric_rows(hits[keep], n_rel[keep], ks)
 
 
 def merge_sums(acc: MutableMapping[str, Tensor], new: Mapping[str, Tensor]) -> MutableMapping[str, Tensor]:

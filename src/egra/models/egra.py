@@ -19,6 +19,7 @@ epoch (``align_weight``; see ``egra.training.callbacks.AlignmentSchedule``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -26,12 +27,19 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite
+from egra.graphs import PT_NORMS, SparseOp, enhanced_adjacency, interaction_matrix
 from egra.models.losses import info_nce, info_nce_counts
 from egra.models.mgcn import MGCN, project
 
 WEIGHTING_MODES = ("misaligned_up", "aligned_up", "uniform")
 RAMPS = ("linear", "cosine", "step")
+#: ``raw``: ``λ·(NCE_u + NCE_i)`` as written; ``chance``: each NCE divided by its value at
+#: chance, ``ln B`` (B = batch positions), so λ weighs alignment against BPR in units
+#: that do not move with the batch size.
+ALIGN_SCALES = ("raw", "chance")
+#: ``fused``: behavior view vs the fused modality view ``E^mm``; ``per_modality``: behavior
+#: view vs each modality's ``E^m`` before fusion, averaged over modalities.
+ALIGN_VIEWS = ("fused", "per_modality")
 
 
 def entity_weights(alignment: Tensor, mode: str, tau_w: float) -> Tensor:
@@ -113,11 +121,15 @@ class EGRA(MGCN):
         lambda_max: float = 0.1,
         P: int = 10,
         ramp: str = "linear",
+        lambda_warmup: int = 0,
         tau_u: float = 0.2,
         tau_i: float = 0.2,
         tau_w: float = 1.0,
         entity_weighting: str = "misaligned_up",
         cross_pairs: bool = False,
+        align_scale: str = "raw",
+        align_views: str = "fused",
+        pt_norm: str = "joint",
         reg_weight: float = 1e-4,
         reg_denominator: float = 2048,
         train_features: bool = True,
@@ -151,6 +163,13 @@ class EGRA(MGCN):
             raise ValueError(f"entity_weighting must be one of {WEIGHTING_MODES}, got {entity_weighting!r}")
         if ramp not in RAMPS:
             raise ValueError(f"ramp must be one of {RAMPS}, got {ramp!r}")
+        for name, value, choices in (
+            ("align_scale", align_scale, ALIGN_SCALES),
+            ("align_views", align_views, ALIGN_VIEWS),
+            ("pt_norm", pt_norm, PT_NORMS),
+        ):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         # EGRA's modality input is one gate on the raw projection: no separate purifier.
         self.purifier = nn.ModuleDict()
         self.beta = float(beta)
@@ -160,6 +179,8 @@ class EGRA(MGCN):
             int(P),
             ramp,
         )
+        self.lambda_warmup = int(lambda_warmup)
+        self.align_scale, self.align_views, self.pt_norm = align_scale, align_views, pt_norm
         self.tau_u, self.tau_i, self.tau_w = float(tau_u), float(tau_i), float(tau_w)
         self.entity_weighting = entity_weighting
         self.cross_pairs = bool(cross_pairs)
@@ -170,7 +191,7 @@ class EGRA(MGCN):
         self.has_item_graph = item_graph is not None and self.beta != 0 and sp.csr_matrix(item_graph).nnz > 0
         if self.has_item_graph:
             r = interaction_matrix(train_users, train_items, self.n_users, self.n_items)
-            self.adj = SparseOp(normalized_bipartite(r, item_graph, self.beta))
+            self.adj = SparseOp(enhanced_adjacency(r, item_graph, self.beta, pt_norm))
 
     def purified(self, m: str) -> Tensor:
         """``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` — ``[I, d]``."""
@@ -191,14 +212,27 @@ class EGRA(MGCN):
         total = t.bpr + t.reg
         lam = float(self.align_weight)
         if lam != 0.0:
-            eb, emm = v.content, v.side  # behavior view E^b and modality view E^mm
+            eb = v.content  # behavior view E^b
+            targets = [v.side] if self.align_views == "fused" else [v.modal[m] for m in self.modalities]
             mode, tw = self.entity_weighting, self.tau_w
-            l_u, w_u, a_u = weighted_nce_counts(eb[:nu], emm[:nu], self.tau_u, mode, tw, u_cnt)
-            l_i, w_i, a_i = weighted_nce_counts(eb[p_rows], emm[p_rows], self.tau_i, mode, tw, p_cnt)
-            align = l_u + l_i
+            terms = [
+                (
+                    weighted_nce_counts(eb[:nu], emm[:nu], self.tau_u, mode, tw, u_cnt),
+                    weighted_nce_counts(eb[p_rows], emm[p_rows], self.tau_i, mode, tw, p_cnt),
+                )
+                for emm in targets
+            ]
+            align = sum(u[0] + i[0] for u, i in terms) / len(terms)
+            # Weights and degrees for the logs: means over the aligned pairs.
+            w_u, a_u, w_i, a_i = (
+                torch.stack([pair[side][j] for pair in terms]).mean(0)
+                for side, j in ((0, 1), (0, 2), (1, 1), (1, 2))
+            )
             if self.cross_pairs:
                 # (user behavior, interacted item modality) as extra positive pairs.
-                align = align + info_nce(eb[u_inv], emm[nu + i_inv[:b]], self.tau_u)
+                align = align + info_nce(eb[u_inv], v.side[nu + i_inv[:b]], self.tau_u)
+            if self.align_scale == "chance":
+                align = align / math.log(max(b, 2))
             total = total + lam * align
             # Statistics over the batch's positions, as if every row were repeated.
             c_u, c_i = u_cnt.to(w_u.dtype), p_cnt.to(w_i.dtype)

@@ -9,6 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+#: Per-user test metrics of a run (``users``, ``Recall@K``, ``NDCG@K``), beside its metrics.json.
+PER_USER_FILE = "per_user_test.npz"
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same directory and ``os.replace``: never a half file."""

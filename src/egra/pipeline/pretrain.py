@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 BACKBONES = ("mgcn", "lightgcn", "raw_features", "random")
 
 
+class BackboneCollapsed(RuntimeError):
+    """The backbone's training tripped the collapse guard: nothing is exported."""
+
+
 def backbone_config(cfg: DictConfig, name: str) -> dict[str, Any]:
     if name not in cfg.backbones:
         raise KeyError(f"unknown backbone {name!r}: expected one of {sorted(cfg.backbones)}")
@@ -71,6 +75,11 @@ def _train_backbone(cfg: DictConfig, name: str, dm, work_dir) -> tuple[dict[str,
     setup_run(sub)
     net = build_net(sub, dm)
     module, metrics = fit_and_evaluate(sub, dm, net, work_dir)
+    if metrics.get("status") == "collapsed":
+        # Never cache a collapsed backbone: S^pt from it would be noise for every later run.
+        raise BackboneCollapsed(
+            f"backbone {name} {metrics['collapse']} (set under backbones.{name}.model); no embeddings exported"
+        )
     net = module.net.cpu()
     view = str(bcfg.export)
     if hasattr(net, "representations"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
@@ -15,8 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from egra.graphs.dense import set_blas_threads
 from egra.metrics import popularity_groups
-from egra.pipeline.io import git_revision, read_json, write_json
+from egra.pipeline.io import PER_USER_FILE, git_revision, read_json, write_json
 from egra.pipeline.tables import metrics_table, side_by_side
+from egra.training.callbacks import CollapseGuard
 from egra.training.module import RecommenderModule
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,12 @@ def fit_and_evaluate(
     valid = trainer.validate(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
     test = trainer.test(module, datamodule=dm, ckpt_path=best, verbose=False)[0]
 
+    if trainer.world_size == 1 and module.per_user_test and trainer.is_global_zero:
+        # Per-user test metrics of the best-valid weights, for paired tests across models.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            out_dir / PER_USER_FILE, **{k: torch.cat(v).numpy() for k, v in module.per_user_test.items()}
+        )
     metrics: dict[str, Any] = {k: float(v) for k, v in {**valid, **test}.items()}
     metrics.update(
         {
@@ -147,6 +155,10 @@ def fit_and_evaluate(
             "git_revision": git_revision(),
         }
     )
+    guard = next((c for c in callbacks if isinstance(c, CollapseGuard)), None)
+    metrics["status"] = "collapsed" if guard is not None and guard.reason else "ok"
+    if metrics["status"] == "collapsed":
+        metrics["collapse"] = guard.reason
     metrics.update(extra_metrics or {})
     if started is not None:
         metrics["wall_time_s"] = round(time.perf_counter() - started, 3)

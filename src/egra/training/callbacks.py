@@ -1,19 +1,34 @@
-"""Callbacks: the epoch-level alignment weight λ(t)."""
+"""Callbacks: the epoch-level alignment weight λ(t), the collapse guard, loss-term diagnostics."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
+import torch
+
+from egra.data.interactions import TRAIN, VALID
+from egra.metrics.popularity import mostpop_metrics
+
+log = logging.getLogger(__name__)
 
 
-def lambda_at(epoch: int, lambda_min: float, lambda_max: float, P: int, ramp: str = "linear") -> float:
+def lambda_at(
+    epoch: int, lambda_min: float, lambda_max: float, P: int, ramp: str = "linear", warmup: int = 0
+) -> float:
     """``λ(t)``: from ``λ_min`` at epoch 0 to ``λ_max`` at epoch ``P`` (0-based), then constant.
+
+    ``warmup`` epochs of ``λ = 0`` (BPR alone) come first; the ramp then starts at epoch
+    ``warmup`` (``t`` counts from there).
 
     ``linear``: ``λ_min + (λ_max − λ_min)·min(1, t/P)``; ``cosine``: the same progress eased
     by ``(1 − cos(π·p))/2``; ``step``: ``λ_min`` before epoch ``P``, ``λ_max`` from it on.
     ``P = 0`` means constant ``λ_max``.
     """
+    if epoch < warmup:
+        return 0.0
+    epoch -= warmup
     if P <= 0:
         return float(lambda_max)
     progress = min(1.0, max(0, epoch) / P)
@@ -40,6 +55,147 @@ class AlignmentSchedule(L.Callback):
         net = getattr(pl_module, "net", None)
         if net is None or not hasattr(net, "align_weight"):
             return
-        lam = lambda_at(trainer.current_epoch, net.lambda_min, net.lambda_max, net.P, net.ramp)
+        lam = lambda_at(
+            trainer.current_epoch,
+            net.lambda_min,
+            net.lambda_max,
+            net.P,
+            net.ramp,
+            getattr(net, "lambda_warmup", 0),
+        )
         net.align_weight = lam
         pl_module.log("align/lambda", lam, on_step=False, on_epoch=True)
+
+
+#: The attribute holding a model's contrastive-term weight: EGRA's λ(t), MGCN's cl_loss.
+CONTRASTIVE_WEIGHTS = ("align_weight", "cl_loss")
+
+
+def contrastive_weight_name(net) -> str | None:
+    """Which of :data:`CONTRASTIVE_WEIGHTS` the model has (None: no contrastive term)."""
+    return next((a for a in CONTRASTIVE_WEIGHTS if hasattr(net, a)), None)
+
+
+class CollapseGuard(L.Callback):
+    """Stops a run whose contrastive term has collapsed it, and says which weight to lower.
+
+    The signature, checked once the weight has reached its full value (EGRA: after
+    ``lambda_warmup + P`` epochs; MGCN: from the start) and the run has taken
+    ``min_steps`` optimizer steps (a healthy run's BPR loss also starts at ``ln 2`` and
+    its Recall@20 below MostPop's), only for models with a contrastive term: for
+    ``patience`` validations in a row without a new best valid Recall@20, the BPR loss of
+    the last epoch is within ``bpr_tol`` (relative) of ``ln 2`` -- positives and
+    negatives score alike -- or valid Recall@20 is below MostPop's on the same split (a
+    slow but healthy start improves every epoch and never counts). Training then stops (the
+    best-valid checkpoint is still evaluated), one warning line names the weight and
+    what to try, and ``reason`` is set: the train stage writes ``status: collapsed``.
+    """
+
+    BPR_KEY, SCORE_KEY = "train/loss_bpr", "valid/Recall@20"
+
+    def __init__(self, patience: int = 3, bpr_tol: float = 0.01, mostpop: bool = True, min_steps: int = 100):
+        if patience < 1:
+            raise ValueError(f"collapse_guard.patience must be >= 1, got {patience}")
+        self.patience, self.bpr_tol, self.mostpop = int(patience), float(bpr_tol), bool(mostpop)
+        self.min_steps = int(min_steps)
+        self.reason: str | None = None
+        self.mostpop_score: float | None = None
+        self._strikes = 0
+        self._best = -math.inf
+
+    def state_dict(self) -> dict:
+        return {"reason": self.reason, "strikes": self._strikes, "best": self._best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.reason, self._strikes = state_dict.get("reason"), int(state_dict.get("strikes", 0))
+        self._best = float(state_dict.get("best", -math.inf))
+
+    @staticmethod
+    def _weight(net) -> tuple[str, float, int] | None:
+        """(config key, its value, first epoch at full weight) or None without a contrastive term."""
+        attr = contrastive_weight_name(net)
+        if attr == "align_weight":
+            return (
+                "lambda_max",
+                float(net.lambda_max),
+                int(getattr(net, "lambda_warmup", 0)) + max(0, int(net.P)),
+            )
+        if attr == "cl_loss":
+            return "cl_loss", float(net.cl_loss), 0
+        return None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        data = getattr(getattr(trainer, "datamodule", None), "data", None)
+        if not self.mostpop or data is None or self._weight(pl_module.net) is None:
+            return
+        (tu, ti), (vu, vi) = data.pairs(TRAIN), data.pairs(VALID)
+        self.mostpop_score = mostpop_metrics(tu, ti, vu, vi, data.n_items, ks=(20,))["Recall@20"]
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        weight = self._weight(pl_module.net)
+        if trainer.sanity_checking or self.reason is not None or weight is None:
+            return
+        key, value, full_from = weight
+        metrics = trainer.callback_metrics
+        bpr, score = metrics.get(self.BPR_KEY), metrics.get(self.SCORE_KEY)
+        improved = score is not None and float(score) > self._best
+        if score is not None:
+            self._best = max(self._best, float(score))
+        if trainer.current_epoch < full_from or trainer.global_step < self.min_steps or improved:
+            self._strikes = 0
+            return
+        signs = []
+        if bpr is not None and abs(float(bpr) - math.log(2)) <= self.bpr_tol * math.log(2):
+            signs.append(f"train BPR loss {float(bpr):.4f} ≈ ln 2")
+        if score is not None and self.mostpop_score is not None and float(score) < self.mostpop_score:
+            signs.append(f"valid Recall@20 {float(score):.4f} < MostPop's {self.mostpop_score:.4f}")
+        self._strikes = self._strikes + 1 if signs else 0
+        if self._strikes < self.patience:
+            return
+        hint = f"model.{key}={value / 10:g}"
+        if key == "lambda_max":
+            hint += " or model.align_scale=chance"
+        self.reason = (
+            f"collapsed at epoch {trainer.current_epoch}: {'; '.join(signs)} for {self.patience} "
+            f"validations; the contrastive weight model.{key}={value:g} dominates training: try {hint}"
+        )
+        log.warning("%s", self.reason)
+        trainer.should_stop = True
+
+
+class TermGradients(L.Callback):
+    """Diagnostics: gradient norms of the ranking loss and of the weighted contrastive term.
+
+    On the first batch of every epoch the batch's loss is computed twice, with the
+    contrastive weight set to 0 and as scheduled; the gradients of the first (BPR + L2)
+    and of the difference (weight · contrastive term) on the shared ID tables are logged
+    as ``diag/grad_bpr`` and ``diag/grad_align`` with their ratio ``diag/grad_ratio``.
+    Costs two extra forward/backward passes per epoch; off unless added to ``callbacks``.
+    """
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        net = getattr(pl_module, "net", None)
+        attr = contrastive_weight_name(net) if net is not None else None
+        if batch_idx != 0 or attr is None:
+            return
+        tables = [p for name, p in net.named_parameters() if name in ("user_emb", "item_emb")]
+        weight = getattr(net, attr)
+        users, pos, neg = batch[0], batch[1], batch[2]
+        try:
+            setattr(net, attr, 0.0)
+            g_rank = torch.autograd.grad(net.loss(users, pos, neg)["loss"], tables)
+        finally:
+            setattr(net, attr, weight)
+        g_all = torch.autograd.grad(net.loss(users, pos, neg)["loss"], tables)
+        norm = lambda gs: float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs)))  # noqa: E731
+        n_rank = norm(g_rank)
+        n_align = norm([a - r for a, r in zip(g_all, g_rank)])
+        pl_module.log_dict(
+            {
+                "diag/grad_bpr": n_rank,
+                "diag/grad_align": n_align,
+                "diag/grad_ratio": n_align / max(n_rank, 1e-30),
+            },
+            on_step=False,
+            on_epoch=True,
+        )

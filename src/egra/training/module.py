@@ -17,7 +17,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from egra.metrics import DEFAULT_KS, rank_metric_sums, truth_keys, truth_ranks
+from egra.metrics import DEFAULT_KS, rank_metric_rows, rank_metric_sums, truth_keys, truth_ranks
 from egra.models.base import Recommender
 
 
@@ -50,6 +50,7 @@ class RecommenderModule(L.LightningModule):
         self._sums: dict[str, Tensor] = {}
         self._train_sums: dict[str, Tensor] = {}
         self._train_rows = 0
+        self.per_user_test: dict[str, list[Tensor]] = {}
 
     # -- training --------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -141,11 +142,21 @@ class RecommenderModule(L.LightningModule):
         rows, items, ranks = self._truth_ranks(batch)
         n = batch["users"].shape[0]
         self._accumulate(rows, ranks, n, self.ks)
+        if self._prefix == "test":
+            self._keep_per_user(batch["users"], rows, ranks)
         if self.item_groups is not None and self._prefix == "test":
             groups = self.item_groups[items]
             for g in range(int(self.item_groups.max()) + 1):
                 keep = groups == g
                 self._accumulate(rows[keep], ranks[keep], n, self.group_ks, tag=f"popgroup{g}/")
+
+    def _keep_per_user(self, users: Tensor, rows: Tensor, ranks: Tensor) -> None:
+        """Recall and NDCG of each test user of this rank (for paired per-user tests)."""
+        keep, per_row = rank_metric_rows(rows, ranks, users.shape[0], self.ks)
+        self.per_user_test.setdefault("users", []).append(users[keep].cpu())
+        for key, value in per_row.items():
+            if key.startswith(("Recall@", "NDCG@")):
+                self.per_user_test.setdefault(key, []).append(value.cpu())
 
     def _accumulate(self, rows: Tensor, ranks: Tensor, n_rows: int, ks: Sequence[int], tag: str = "") -> None:
         sums, n_users = rank_metric_sums(rows, ranks, n_rows, ks)
@@ -194,6 +205,8 @@ class RecommenderModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._prefix = "test"
+        #: per test user of this rank: "users" and "Recall@K"/"NDCG@K" chunks (see _keep_per_user)
+        self.per_user_test: dict[str, list[Tensor]] = {}
         self._start_eval()
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
