@@ -53,19 +53,28 @@ def test_ddp_training_runs_and_ranks_sample_differently(cfg_factory):
     assert metrics["epochs_run"] == 2
 
 
-def test_rank_shards_are_disjoint_under_world_size_two():
-    from unittest import mock
-
+def test_share_weights_make_the_ddp_gradient_the_global_batch_gradient():
     import numpy as np
 
-    from egra.data import sampling
+    from egra.models import BPRMF
+    from egra.training.module import share_weight
 
-    users = np.arange(101)
-    items = np.arange(101) % 7
-    seen = []
-    for rank in range(2):
-        with mock.patch.object(sampling, "dist_info", return_value=(rank, 2)):
-            s = sampling.BPRTriples(users, items, 7, batch_size=10, seed=0)
-            seen.append(torch.cat(list(s), 1)[0].numpy())
-    assert len(seen[0]) == len(seen[1]) == 50
-    assert not set(seen[0]) & set(seen[1])
+    torch.manual_seed(0)
+    net = BPRMF(n_users=20, n_items=15, embedding_dim=8, reg_weight=0.0)  # BPR: a mean over rows
+    rng = np.random.default_rng(0)
+    batch = torch.as_tensor(rng.integers(0, 15, size=(3, 11)))
+    batch[0] = torch.as_tensor(rng.integers(0, 20, size=11))
+
+    def grads(loss):
+        net.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    full = grads(net.loss(*batch)["loss"])
+    world, summed = 3, None
+    for share in np.array_split(np.arange(11), world):  # uneven shares: 4, 4, 3
+        w = share_weight(torch.tensor(len(share)), torch.tensor(11), world)
+        g = grads(net.loss(*batch[:, share])["loss"] * w)
+        summed = g if summed is None else [a + b for a, b in zip(summed, g)]
+    for a, b in zip(full, summed):
+        torch.testing.assert_close(a, b / world)  # DDP averages gradients over ranks
