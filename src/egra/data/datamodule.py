@@ -121,11 +121,15 @@ class RecDataModule(L.LightningDataModule):
             )
         )
 
-    def _eval_loader(self, split: int) -> DataLoader:
+    def eval_users(self, split: int) -> np.ndarray:
+        """Distinct users of ``split`` in order of first appearance (MMRec's order)."""
         assert self.data is not None
         users, _ = self.data.pairs(split)
         _, first = np.unique(users, return_index=True)
-        users = users[np.sort(first)]  # distinct users in order of first appearance (MMRec)
+        return users[np.sort(first)]
+
+    def _eval_loader(self, split: int) -> DataLoader:
+        users = self.eval_users(split)
         mask = self._matrix(TRAIN)
         if split == TEST and self.mask_valid_at_test:
             mask = mask + self._matrix(VALID)
