@@ -26,8 +26,18 @@ from torch import Tensor
 from egra.metrics import DEFAULT_KS, METRICS, rank_metric_sums, truth_keys, truth_ranks
 from egra.models.base import Recommender
 
-#: Trainer precisions the custom autograd ops support (autocast-aware, fp32 inside).
-SUPPORTED_PRECISIONS = ("32-true", "32", "64-true", "16-mixed", "bf16-mixed")
+#: Trainer precisions supported: full fp32, or mixed precision (autocast), under which the
+#: custom autograd ops (sparse graph products, counted InfoNCE) and evaluation run in fp32.
+#: Half-precision *parameters* ("16-true", "bf16-true") are not: the graph ops are fp32.
+SUPPORTED_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed")
+
+
+def check_precision(precision: object) -> None:
+    """Raise a one-line ``ValueError`` for a ``trainer.precision`` the models cannot train in."""
+    if str(precision) not in SUPPORTED_PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={precision} is not supported: use one of {', '.join(SUPPORTED_PRECISIONS)}"
+        )
 
 
 def share_weight(rows: Tensor, global_rows: Tensor, world: int) -> Tensor:
@@ -83,12 +93,8 @@ class RecommenderModule(L.LightningModule):
         self._train_sums, self._train_rows = {}, 0
 
     def setup(self, stage: str) -> None:
-        precision = str(getattr(self.trainer, "precision", "32-true"))
-        if precision not in SUPPORTED_PRECISIONS:
-            # Half-precision parameters break the fp32 sparse graph ops; fail before any work.
-            raise ValueError(
-                f"trainer.precision={precision} is not supported: use one of {', '.join(SUPPORTED_PRECISIONS)}"
-            )
+        # Before any step (a config validator can call check_precision earlier still).
+        check_precision(self.trainer.precision)
 
     def _world(self) -> int:
         return self.trainer.world_size if self._trainer is not None else 1
@@ -147,7 +153,9 @@ class RecommenderModule(L.LightningModule):
     def _start_eval(self) -> None:
         with torch.no_grad():
             u, i = self.net.embeddings()
-        self._emb = (u.detach(), i.detach())
+        # fp32 at least: under mixed precision the propagation may hand back bf16/fp16 rows.
+        dtype = torch.promote_types(torch.promote_types(u.dtype, i.dtype), torch.float32)
+        self._emb = (u.detach().to(dtype), i.detach().to(dtype))
         self._sums = {}
 
     def _add(self, key: str, value: Tensor) -> None:
@@ -193,7 +201,10 @@ class RecommenderModule(L.LightningModule):
         return rows, items, ranks
 
     def _eval_step(self, batch: dict) -> None:
-        rows, items, ranks = self._truth_ranks(batch)
+        # Scores and ranks in fp32 even under mixed precision: bf16 scores would tie items
+        # that fp32 tells apart and move held-out items in the ranking.
+        with torch.autocast(batch["users"].device.type, enabled=False):
+            rows, items, ranks = self._truth_ranks(batch)
         n = batch["users"].shape[0]
         self._accumulate(rows, ranks, n, self.ks)
         if self.item_groups is not None and self._prefix == "test":
