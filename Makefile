@@ -11,8 +11,18 @@ SWEEP ?= lambda_grid
 EXPERIMENT ?= egra_small
 DIR ?= $(lastword $(sort $(wildcard logs/*/multiruns/*)))
 
+# GPU=1 (implied by GPUS=N): a CUDA torch with a matching FAISS (tools/gpu_stack.py), in its own stamp.
+GPU ?=
+FAISS_GPU ?= auto
+TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
 ifneq ($(strip $(GPUS)),)
   TRAIN_DEVICES := trainer=ddp trainer.devices=$(GPUS)
+  GPU := 1
+endif
+CPU_STAMP := $(VENV)/.egra-installed
+GPU_STAMP := $(VENV)/.egra-installed-gpu
+ifeq ($(strip $(GPU)),1)
+  STAMP := $(GPU_STAMP)
 endif
 
 .DEFAULT_GOAL := help
@@ -21,15 +31,27 @@ endif
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+$(CPU_STAMP): requirements.txt requirements-core.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@# torch is pinned in the same pip command as lightning, or pip pulls a CUDA build.
 	$(BIN)/python -m pip install -q --upgrade pip
+	@# faiss-gpu and faiss-cpu both provide the module `faiss`: never both.
+	-@$(BIN)/python -m pip uninstall -q -y faiss-gpu-cu12 2>/dev/null
 	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	@touch $(STAMP)
+	@rm -f $(GPU_STAMP)
+	@touch $(CPU_STAMP)
 
-setup: $(STAMP) ## Create .venv and install the pinned CPU stack (about a minute)
+# Checks the GPUs and driver first: on a machine without one it stops here, before a venv exists.
+$(GPU_STAMP): requirements.txt requirements-core.txt requirements-gpu.txt requirements-dev.txt pyproject.toml tools/gpu_stack.py
+	@$(PYTHON) tools/gpu_stack.py check --faiss-gpu $(FAISS_GPU)
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(PYTHON) tools/gpu_stack.py install --python $(BIN)/python --faiss-gpu $(FAISS_GPU) --torch-index $(TORCH_INDEX)
+	@rm -f $(CPU_STAMP)
+	@touch $(GPU_STAMP)
+
+setup: $(STAMP) ## Create .venv: the pinned CPU stack, or with GPU=1 a CUDA torch + matching FAISS (FAISS_GPU=auto|yes|no)
 
 train: $(STAMP) ## Pretrain MGCN -> S^pt -> EGRA on generated data (EXPERIMENT=, GPUS=N, ARGS="k=v ...")
 	$(BIN)/egra-train experiment=$(EXPERIMENT) $(TRAIN_DEVICES) $(ARGS)
@@ -58,12 +80,12 @@ report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/mul
 	$(BIN)/egra-report $(DIR) $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/ruff format --check src tests bench tools
 
 format: $(STAMP) ## ruff format + autofix
-	$(BIN)/ruff format src tests bench
-	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench tools
+	$(BIN)/ruff check --fix src tests bench tools
 
 data: $(STAMP) ## Place a real dataset: make data DATASET=baby|sports|clothing|elec
 	$(BIN)/python -m egra.data.fetch $(DATASET) --data-dir data $(ARGS)

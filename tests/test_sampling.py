@@ -5,6 +5,7 @@ from __future__ import annotations
 from unittest import mock
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 import torch
 
@@ -50,19 +51,50 @@ def test_epochs_differ_and_are_reproducible():
     assert len(s) == -(-len(users) // 64)
 
 
-def test_ranks_get_disjoint_equal_shards():
+def _rank_batches(world, **kw):
     users, items, n_items = _toy()
-    shards = []
-    for rank in range(2):
-        with mock.patch.object(sampling, "dist_info", return_value=(rank, 2)):
-            s = BPRTriples(users, items, n_items, batch_size=32, seed=1)
-            shards.append(_all(s))
-            n_batches = len(s)
-    assert shards[0].shape == shards[1].shape
-    assert n_batches == -(-shards[0].shape[1] // 32)
-    rows0 = set(zip(shards[0][0].tolist(), shards[0][1].tolist()))
-    rows1 = set(zip(shards[1][0].tolist(), shards[1][1].tolist()))
-    assert not rows0 & rows1
+    out = []
+    for rank in range(world):
+        with mock.patch.object(sampling, "dist_info", return_value=(rank, world)):
+            s = BPRTriples(users, items, n_items, seed=1, **kw)
+            out.append(([b.numpy() for b in s], len(s)))
+    return out
+
+
+def test_ddp_shares_split_each_single_device_batch():
+    users, items, n_items = _toy()  # 400 rows: the last global batch of 48 has 16 per rank
+    single = [b.numpy() for b in BPRTriples(users, items, n_items, batch_size=64, seed=1)]
+    ranks = _rank_batches(3, batch_size=64)
+    for batches, n in ranks:
+        # Same steps per epoch as one device, on every rank.
+        assert n == len(batches) == len(single) == -(-len(users) // 64)
+    for step, one in enumerate(single):
+        shares = [batches[step] for batches, _ in ranks]
+        assert [s.shape[1] for s in shares] == [len(x) for x in np.array_split(np.arange(one.shape[1]), 3)]
+        # The ranks' shares of step s are exactly the rows of step s on one device.
+        got = np.concatenate([s[:2] for s in shares], axis=1)
+        assert np.array_equal(got, one[:2])
+
+
+def test_ddp_per_rank_batches_scale_the_global_batch():
+    users, _, _ = _toy()
+    ranks = _rank_batches(2, batch_size=32, ddp_batch="per_rank")
+    for batches, n in ranks:
+        assert n == len(batches) == -(-len(users) // 64)
+        assert all(b.shape[1] == 32 for b in batches[:-1])
+    rows = [tuple(r) for batches, _ in ranks for b in batches for r in b[:2].T.tolist()]
+    assert len(rows) == len(set(rows)) == len(users)  # every row once, no padding, none dropped
+
+
+def test_ddp_last_step_may_leave_a_rank_empty_but_not_the_first():
+    users, items, n_items = _toy()
+    ranks = _rank_batches(3, batch_size=399)  # 400 rows: the second step has 1 row
+    assert [batches[1].shape[1] for batches, _ in ranks] == [1, 0, 0]
+    with mock.patch.object(sampling, "dist_info", return_value=(0, 4)):
+        with pytest.raises(ValueError, match="each of 4 ranks"):
+            list(BPRTriples(users, items, n_items, batch_size=3))
+    with pytest.raises(ValueError, match="ddp_batch"):
+        BPRTriples(users, items, n_items, batch_size=3, ddp_batch="scale")
 
 
 def test_eval_chunks_cover_each_user_once_and_carry_masks():

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from torch.utils.data import DataLoader
 
 from egra.data.interactions import TEST, TRAIN, VALID, Interactions
-from egra.data.sampling import BPRTriples, EvalChunks, PassThrough
+from egra.data.sampling import DDP_BATCH_MODES, BPRTriples, EvalChunks, PassThrough
 
 # Score matrices of one evaluation chunk are capped at this many entries (~256 MiB in float32).
 MAX_CHUNK_SCORES = 1 << 26
@@ -22,6 +22,7 @@ class RecDataModule(L.LightningDataModule):
     ``source="synthetic"`` generates ``preset`` with ``seed`` into ``root`` (once);
     ``source="mmrec"`` reads ``root/<basename(root)>.inter`` and the feature files beside it.
     ``mask_valid_at_test`` additionally masks validation items at test time (MMRec does not).
+    ``ddp_batch`` says what ``batch_size`` means under DDP (:data:`egra.data.sampling.DDP_BATCH_MODES`).
     """
 
     def __init__(
@@ -36,6 +37,7 @@ class RecDataModule(L.LightningDataModule):
         eval_batch_size: int = 4096,
         mask_valid_at_test: bool = False,
         filter_cold_users: bool = True,
+        ddp_batch: str = "global",
     ):
         super().__init__()
         if source not in ("synthetic", "mmrec"):
@@ -50,6 +52,9 @@ class RecDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.mask_valid_at_test = mask_valid_at_test
         self.filter_cold_users = filter_cold_users
+        if ddp_batch not in DDP_BATCH_MODES:
+            raise ValueError(f"data.ddp_batch must be one of {DDP_BATCH_MODES}, got {ddp_batch!r}")
+        self.ddp_batch = ddp_batch
         self.data: Interactions | None = None
         self.sampler_seed = self.seed
 
@@ -110,13 +115,21 @@ class RecDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         assert self.data is not None
         u, i = self.data.pairs(TRAIN)
-        return self._loader(BPRTriples(u, i, self.data.n_items, self.batch_size, seed=self.sampler_seed))
+        return self._loader(
+            BPRTriples(
+                u, i, self.data.n_items, self.batch_size, seed=self.sampler_seed, ddp_batch=self.ddp_batch
+            )
+        )
 
-    def _eval_loader(self, split: int) -> DataLoader:
+    def eval_users(self, split: int) -> np.ndarray:
+        """Distinct users of ``split`` in order of first appearance (MMRec's order)."""
         assert self.data is not None
         users, _ = self.data.pairs(split)
         _, first = np.unique(users, return_index=True)
-        users = users[np.sort(first)]  # distinct users in order of first appearance (MMRec)
+        return users[np.sort(first)]
+
+    def _eval_loader(self, split: int) -> DataLoader:
+        users = self.eval_users(split)
         mask = self._matrix(TRAIN)
         if split == TEST and self.mask_valid_at_test:
             mask = mask + self._matrix(VALID)

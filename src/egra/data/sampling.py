@@ -3,8 +3,14 @@
 Both are iterables of ready-made batches (a DataLoader with ``batch_size=None`` passes
 them through). Randomness is a pure function of ``(seed, epoch, rank)``, so a resumed
 run draws exactly the triples an uninterrupted one would, and DDP ranks draw different
-ones. Ranks get disjoint shards with no padding: training shards have equal length (DDP
-needs the same number of steps everywhere); evaluation shards need not.
+negatives.
+
+Under DDP training keeps the single-device protocol: ``batch_size`` is the *global* batch
+(``ddp_batch="global"``, the default), every step's batch is cut from the same shared
+permutation as on one device and each rank takes its share of it, so an epoch has the same
+number of steps and uses every training triple once across ranks. ``ddp_batch="per_rank"``
+gives each rank ``batch_size`` rows instead (global batch ``world x batch_size``, ``1/world``
+of the steps). Evaluation shards users without padding; shards need not be equal.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ def dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+#: ``global``: ``batch_size`` is the global batch, split over ranks (the single-device
+#: protocol); ``per_rank``: each rank takes ``batch_size`` rows (the global batch scales).
+DDP_BATCH_MODES = ("global", "per_rank")
 
 
 class BPRTriples(torch.utils.data.Sampler):
@@ -37,13 +48,17 @@ class BPRTriples(torch.utils.data.Sampler):
         batch_size: int,
         seed: int = 0,
         max_rounds: int = 100,
+        ddp_batch: str = "global",
     ):
+        if ddp_batch not in DDP_BATCH_MODES:
+            raise ValueError(f"ddp_batch must be one of {DDP_BATCH_MODES}, got {ddp_batch!r}")
         self.users = np.asarray(users, dtype=np.int64)
         self.items = np.asarray(items, dtype=np.int64)
         self.n_items = int(n_items)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.max_rounds = max_rounds
+        self.ddp_batch = ddp_batch
         self.epoch = 0
         self.candidates = np.unique(self.items)
         self.keys = np.unique(self.users * self.n_items + self.items)
@@ -51,12 +66,13 @@ class BPRTriples(torch.utils.data.Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def _shard_size(self) -> int:
-        _, world = dist_info()
-        return len(self.users) // world if world > 1 else len(self.users)
+    def global_batch(self, world: int) -> int:
+        """Rows consumed per optimiser step by all ranks together."""
+        return self.batch_size * world if self.ddp_batch == "per_rank" else self.batch_size
 
     def __len__(self) -> int:
-        return -(-self._shard_size() // self.batch_size)
+        _, world = dist_info()
+        return -(-len(self.users) // self.global_batch(world))
 
     def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         q = users * self.n_items + items
@@ -77,12 +93,19 @@ class BPRTriples(torch.utils.data.Sampler):
     def __iter__(self):
         rank, world = dist_info()
         rng = np.random.default_rng([self.seed, self.epoch, rank])
-        # The permutation is shared by all ranks (same seed, epoch); each takes a slice.
+        # The permutation is shared by all ranks (same seed, epoch): step s uses the same
+        # rows as step s on one device, cut into `world` near-equal contiguous shares. A
+        # share can be empty only in a last step shorter than `world` rows; every rank
+        # still yields it, since DDP needs the same number of steps everywhere.
+        step = self.global_batch(world)
+        if min(step, len(self.users)) < world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} with {len(self.users)} training rows cannot give "
+                f"each of {world} ranks a row per step"
+            )
         perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.users))
-        n = self._shard_size()
-        perm = perm[rank * n : (rank + 1) * n]
-        for start in range(0, n, self.batch_size):
-            idx = perm[start : start + self.batch_size]
+        for start in range(0, len(perm), step):
+            idx = np.array_split(perm[start : start + step], world)[rank]
             u, p = self.users[idx], self.items[idx]
             yield torch.from_numpy(np.stack([u, p, self.sample_negatives(u, rng)]))
 

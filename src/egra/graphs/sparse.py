@@ -60,15 +60,24 @@ def _scipy_mm(m: sp.spmatrix, x: Tensor) -> Tensor:
     return torch.from_numpy(out)
 
 
+def _sparse_mm(a: Tensor, x: Tensor) -> Tensor:
+    """``a @ x`` in ``a``'s dtype with autocast off: under mixed precision autocast would cast
+    the dense operand to bf16/fp16, which the sparse kernels lack (CPU) or which loses the
+    precision of sums over many neighbours."""
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.sparse.mm(a, x.to(a.dtype))
+
+
 class _SpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
         ctx.a_t = a_t
-        return torch.sparse.mm(a, x)
+        ctx.x_dtype = x.dtype
+        return _sparse_mm(a, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        return None, None, torch.sparse.mm(ctx.a_t, grad.contiguous())
+        return None, None, _sparse_mm(ctx.a_t, grad.contiguous()).to(ctx.x_dtype)
 
 
 class _ScipySpMM(torch.autograd.Function):
@@ -139,7 +148,7 @@ class SparseOp(nn.Module):
                 return _scipy_mm(mats[0], x)
             return _ScipySpMM.apply(x, *mats)
         if not torch.is_grad_enabled() or not x.requires_grad:
-            return torch.sparse.mm(self.a, x)
+            return _sparse_mm(self.a, x)
         return _SpMM.apply(self.a, self.a if self.a_t is None else self.a_t, x)
 
     def rows(self, x: Tensor, rows: Tensor, x_rows: np.ndarray | None = None) -> Tensor:

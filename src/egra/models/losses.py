@@ -93,13 +93,18 @@ def info_nce_counts(
     the result is ``Σ_j weights[j] · NCE_j``; for a weighted mean over the batch's
     positions pass ``counts · w / Σ counts · w``.
     """
-    a = F.normalize(anchor, dim=-1) / temperature
-    p = F.normalize(positive, dim=-1)
-    if counts is None:
-        counts = torch.ones(a.shape[0], device=a.device, dtype=a.dtype)
-    counts = counts.to(a.dtype)
-    if weights is None:
-        weights = counts / counts.sum()
-    # |logit| <= 1/τ: without a shift, exp stays finite while 1/τ is well below ~88 - log n.
-    shift = 1.0 / temperature > 20.0
-    return _CountedNCE.apply(a, p, counts, weights.detach().to(a.dtype), shift)
+    # The custom op runs in fp32 (or fp64) with autocast off: under mixed precision its
+    # exp/log-sum and products would otherwise mix bf16 and fp32 operands, and a bf16
+    # log-sum-exp over the batch loses the precision the loss needs.
+    dtype = torch.promote_types(torch.promote_types(anchor.dtype, positive.dtype), torch.float32)
+    with torch.autocast(anchor.device.type, enabled=False):
+        a = F.normalize(anchor.to(dtype), dim=-1) / temperature
+        p = F.normalize(positive.to(dtype), dim=-1)
+        if counts is None:
+            counts = torch.ones(a.shape[0], device=a.device, dtype=a.dtype)
+        counts = counts.to(a.dtype)
+        if weights is None:
+            weights = counts / counts.sum()
+        # |logit| <= 1/τ: without a shift, exp stays finite while 1/τ is well below ~88 - log n.
+        shift = 1.0 / temperature > 20.0
+        return _CountedNCE.apply(a, p, counts, weights.detach().to(a.dtype), shift)

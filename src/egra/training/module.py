@@ -6,7 +6,13 @@ macro-average Recall/NDCG/Precision/MAP/Hit@K over the users of the split. The p
 a held-out item is counted (items scored above it, ties by item id) rather than read off
 a top-K list: the same hits as ``torch.topk`` without its partial sort of every row.
 Under DDP each rank scores a disjoint set of users and the per-metric *sums and counts*
-are all-reduced, so every user counts exactly once.
+are all-reduced, so every user counts exactly once. The reduced keys are a fixed list
+derived from the configuration (metrics x ks, popularity groups x group_ks), so every rank
+sends the same tensor even when it has no users, or none of some popularity group.
+
+Training under DDP: each rank's loss is weighted by its share of the step's global batch
+(:func:`share_weight`), so DDP's gradient average is the gradient of the global batch's
+mean loss, as on one device; logged training losses are row-weighted means over all ranks.
 """
 
 from __future__ import annotations
@@ -17,8 +23,39 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from egra.metrics import DEFAULT_KS, rank_metric_rows, rank_metric_sums, truth_keys, truth_ranks
+from egra.metrics import DEFAULT_KS, METRICS, rank_metric_rows, rank_metric_sums, truth_keys, truth_ranks
 from egra.models.base import Recommender
+
+#: Trainer precisions supported: full fp32, or mixed precision (autocast), under which the
+#: custom autograd ops (sparse graph products, counted InfoNCE) and evaluation run in fp32.
+#: Half-precision *parameters* ("16-true", "bf16-true") are not: the graph ops are fp32.
+SUPPORTED_PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed")
+
+
+def check_precision(precision: object) -> None:
+    """Raise a one-line ``ValueError`` for a ``trainer.precision`` the models cannot train in."""
+    if str(precision) not in SUPPORTED_PRECISIONS:
+        raise ValueError(
+            f"trainer.precision={precision} is not supported: use one of {', '.join(SUPPORTED_PRECISIONS)}"
+        )
+
+
+def share_weight(rows: Tensor, global_rows: Tensor, world: int) -> Tensor:
+    """Factor for a rank's mean loss over ``rows`` of a step's ``global_rows``.
+
+    DDP averages gradients over ``world`` ranks, so ``world · rows / global_rows`` makes the
+    result ``Σ_r rows_r / global_rows · ∇mean_r``: the gradient of the mean over the
+    global batch. 1 when the shares are equal.
+    """
+    return rows.to(torch.float32) * world / global_rows.to(torch.float32)
+
+
+def eval_keys(ks: Sequence[int], n_groups: int = 0, group_ks: Sequence[int] = ()) -> list[str]:
+    """Every key an evaluation can accumulate, in a fixed order (the same on every rank)."""
+    keys = [f"{m}@{k}" for m in METRICS for k in ks] + ["#users"]
+    for g in range(n_groups):
+        keys += [f"popgroup{g}/{m}@{k}" for m in METRICS for k in group_ks] + [f"popgroup{g}/#users"]
+    return keys
 
 
 class RecommenderModule(L.LightningModule):
@@ -56,8 +93,24 @@ class RecommenderModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._train_sums, self._train_rows = {}, 0
 
+    def setup(self, stage: str) -> None:
+        # Before any step (a config validator can call check_precision earlier still).
+        check_precision(self.trainer.precision)
+
+    def _world(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         users, pos, neg = batch[0], batch[1], batch[2]
+        b, world = users.shape[0], self._world()
+        if world > 1:
+            # The step's global batch size (shares can differ by a row, or be empty at the
+            # end of an epoch): one small all-reduce, no host sync.
+            rows = torch.tensor(b, device=users.device)
+            global_rows = self.trainer.strategy.reduce(rows.clone(), reduce_op="sum")
+            if b == 0:
+                # An empty share: zero gradients, but every parameter takes part, as DDP needs.
+                return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
         out = self.net.loss(users, pos, neg)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -66,7 +119,6 @@ class RecommenderModule(L.LightningModule):
         # Epoch means weighted by batch size, as log(on_epoch=True, batch_size=B) gives, but
         # summed here and logged once per epoch: Lightning's per-step log() costs more than
         # a LightGCN step's arithmetic.
-        b = users.shape[0]
         logs = {"train/loss": loss.detach()}
         logs.update({(k if "/" in k else f"train/loss_{k}"): v for k, v in out.items() if k != "loss"})
         sums = self._train_sums
@@ -74,11 +126,20 @@ class RecommenderModule(L.LightningModule):
             value = value.detach().to(torch.float64) * b
             sums[key] = sums[key] + value if key in sums else value
         self._train_rows += b
+        if world > 1:
+            loss = loss * share_weight(rows, global_rows, world)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self._train_rows:
-            means = {k: (v / self._train_rows).to(torch.float32) for k, v in self._train_sums.items()}
+        keys = sorted(self._train_sums)
+        rows = torch.tensor(float(self._train_rows), dtype=torch.float64, device=self.device)
+        packed = torch.stack([self._train_sums[k].to(self.device) for k in keys] + [rows])
+        if self._world() > 1:
+            # Row-weighted means over all ranks. Every rank has the same keys: each one
+            # saw at least one non-empty share (the first step's global batch >= world).
+            packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        if packed[-1] > 0:
+            means = {k: (v / packed[-1]).to(torch.float32) for k, v in zip(keys, packed[:-1])}
             self.log_dict(means, on_step=False, on_epoch=True)
         self._train_sums, self._train_rows = {}, 0
 
@@ -93,7 +154,9 @@ class RecommenderModule(L.LightningModule):
     def _start_eval(self) -> None:
         with torch.no_grad():
             u, i = self.net.embeddings()
-        self._emb = (u.detach(), i.detach())
+        # fp32 at least: under mixed precision the propagation may hand back bf16/fp16 rows.
+        dtype = torch.promote_types(torch.promote_types(u.dtype, i.dtype), torch.float32)
+        self._emb = (u.detach().to(dtype), i.detach().to(dtype))
         self._sums = {}
 
     def _add(self, key: str, value: Tensor) -> None:
@@ -139,7 +202,10 @@ class RecommenderModule(L.LightningModule):
         return rows, items, ranks
 
     def _eval_step(self, batch: dict) -> None:
-        rows, items, ranks = self._truth_ranks(batch)
+        # Scores and ranks in fp32 even under mixed precision: bf16 scores would tie items
+        # that fp32 tells apart and move held-out items in the ranking.
+        with torch.autocast(batch["users"].device.type, enabled=False):
+            rows, items, ranks = self._truth_ranks(batch)
         n = batch["users"].shape[0]
         self._accumulate(rows, ranks, n, self.ks)
         if self._prefix == "test":
@@ -166,21 +232,31 @@ class RecommenderModule(L.LightningModule):
             self._add(tag + key, val)
         self._add(tag + "#users", torch.tensor(n_users, device=ranks.device))
 
+    def _eval_key_list(self) -> list[str]:
+        n_groups = 0
+        if self.item_groups is not None and self._prefix == "test" and self.item_groups.numel():
+            n_groups = int(self.item_groups.max()) + 1
+        return eval_keys(self.ks, n_groups, self.group_ks)
+
     def _finish_eval(self, prefix: str) -> dict[str, float]:
-        keys = sorted(self._sums)
+        keys = self._eval_key_list()
+        unknown = set(self._sums) - set(keys)
+        assert not unknown, f"evaluation produced keys outside the fixed list: {sorted(unknown)}"
         if self.trainer is not None and self.trainer.world_size > 1:
-            # Sums and counts, reduced once: exact under any sharding of users.
-            packed = (
-                torch.stack([self._sums[k] for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
-            )
+            # Sums and counts of the fixed key list (zeros for what this rank did not see),
+            # on this rank's device, reduced once: exact under any sharding of users.
+            zero = torch.zeros((), dtype=torch.float64, device=self.device)
+            packed = torch.stack([self._sums.get(k, zero).to(self.device) for k in keys])
             packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
             self._sums = dict(zip(keys, packed))
         out: dict[str, float] = {}
         for key in keys:
-            if key.endswith("#users"):
+            if key.endswith("#users") or key not in self._sums:
                 continue
             tag = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
-            out[f"{prefix}/{key}"] = float(self._sums[key] / self._sums[tag + "#users"])
+            n_users = self._sums[tag + "#users"]
+            if n_users > 0:  # a group no evaluated user has a held-out item in has no metric
+                out[f"{prefix}/{key}"] = float(self._sums[key] / n_users)
         self._emb = None
         self._score_buf = None
         self._sums = {}
