@@ -11,14 +11,18 @@ SWEEP ?= lambda_grid
 EXPERIMENT ?= egra_small
 DIR ?= $(lastword $(sort $(wildcard logs/*/multiruns/*)))
 
-# GPU=1 (implied by GPUS=N): a CUDA torch with a matching FAISS (tools/gpu_stack.py), in its own stamp.
+# GPU=1 (implied by GPUS=N where an NVIDIA driver is present): a CUDA torch with a matching
+# FAISS (tools/gpu_stack.py), in its own stamp. Without a driver GPUS=N keeps the CPU stack, so
+# `make train GPUS=2 ARGS="trainer.accelerator=cpu"` runs DDP on CPU processes.
+ifneq ($(strip $(GPUS)),)
+  TRAIN_DEVICES := trainer=ddp trainer.devices=$(GPUS)
+  ifneq ($(shell command -v nvidia-smi 2>/dev/null),)
+    GPU ?= 1
+  endif
+endif
 GPU ?=
 FAISS_GPU ?= auto
 TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
-ifneq ($(strip $(GPUS)),)
-  TRAIN_DEVICES := trainer=ddp trainer.devices=$(GPUS)
-  GPU := 1
-endif
 CPU_STAMP := $(VENV)/.egra-installed
 GPU_STAMP := $(VENV)/.egra-installed-gpu
 ifeq ($(strip $(GPU)),1)
