@@ -19,6 +19,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
+from egra.pipeline.checks import check_config, check_data
 
 log = logging.getLogger(__name__)
 BACKBONES = ("mgcn", "lightgcn", "raw_features", "random")
@@ -125,8 +126,10 @@ def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
 def run(cfg: DictConfig) -> Artifact:
     from egra.pipeline.train import load_data, setup_run
 
+    check_config(cfg)  # issue 13 hook: every setting checked before any stage
     setup_run(cfg)
     dm = load_data(cfg)
+    check_data(cfg, dm)  # issue 13 hook
     art = pretrain(cfg, dm)
     status = "reused" if art.reused else "wrote"
     print(f"{status} {cfg.backbone} embeddings: {art.path}")

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from egra.graphs.dense import set_blas_threads
 from egra.metrics import popularity_groups
+from egra.pipeline.checks import check_config, check_data
 from egra.pipeline.io import git_revision, read_json, write_json
 from egra.pipeline.tables import metrics_table, side_by_side
 from egra.training.module import RecommenderModule
@@ -166,6 +167,7 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
     and graph stages first (cached artifacts).
     """
     t_start = time.perf_counter()
+    check_config(cfg)  # issue 13 hook: every setting checked before any stage
     out_dir = Path(cfg.paths.output_dir)
     metrics_path = out_dir / "metrics.json"
     if cfg.get("skip_if_done", False) and metrics_path.exists() and cfg.get("ckpt_path") in (None, ""):
@@ -173,6 +175,7 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
         return read_json(metrics_path)
     setup_run(cfg)
     dm = load_data(cfg)
+    check_data(cfg, dm)  # issue 13 hook: size- and feature-dependent settings, before pretraining
     extra = dict(extra_inputs or {})
     stage_info: dict[str, Any] = {}
     if "graph_source" in cfg.model and "item_graph" not in extra:
