@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from egra.graphs.dense import set_blas_threads
 from egra.metrics import popularity_groups
 from egra.pipeline.checks import check_config, check_data
-from egra.pipeline.io import git_revision, read_json, write_json
+from egra.pipeline.fingerprint import HASH_KEY, config_hash, finished_run
+from egra.pipeline.io import git_revision, write_json
 from egra.pipeline.tables import metrics_table, side_by_side
 from egra.training.module import RecommenderModule
 
@@ -170,9 +171,10 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
     check_config(cfg)  # issue 13 hook: every setting checked before any stage
     out_dir = Path(cfg.paths.output_dir)
     metrics_path = out_dir / "metrics.json"
-    if cfg.get("skip_if_done", False) and metrics_path.exists() and cfg.get("ckpt_path") in (None, ""):
-        log.info("%s exists: skipping finished run", metrics_path)
-        return read_json(metrics_path)
+    if cfg.get("skip_if_done", False) and cfg.get("ckpt_path") in (None, ""):
+        done = finished_run(cfg, out_dir)  # issue 13 hook: reuse only a run of this config
+        if done is not None:
+            return done
     setup_run(cfg)
     dm = load_data(cfg)
     check_data(cfg, dm)  # issue 13 hook: size- and feature-dependent settings, before pretraining
@@ -187,6 +189,7 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
         L.seed_everything(int(cfg.seed), workers=True)
     net = build_net(cfg, dm, extra)
     module, metrics = fit_and_evaluate(cfg, dm, net, out_dir, extra_metrics=stage_info, started=t_start)
+    metrics[HASH_KEY] = config_hash(cfg)  # issue 13 hook: what skip_if_done compares
     if rank_zero_only.rank == 0:
         write_json(metrics_path, metrics)
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
