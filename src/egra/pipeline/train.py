@@ -17,8 +17,10 @@ from egra.graphs.dense import set_blas_threads
 from egra.metrics import popularity_groups
 from egra.pipeline.checks import check_config, check_data
 from egra.pipeline.fingerprint import HASH_KEY, config_hash, finished_run
+from egra.pipeline.history import keep_csv_history
 from egra.pipeline.io import git_revision, write_json
 from egra.pipeline.tables import metrics_table, side_by_side
+from egra.training.callbacks import FitClock
 from egra.training.module import RecommenderModule
 
 log = logging.getLogger(__name__)
@@ -121,14 +123,17 @@ def fit_and_evaluate(
     """
     t_start = time.perf_counter()
     module = build_module(cfg, dm, net)
-    callbacks = _callbacks(cfg)
+    clock = FitClock()  # issue 13 hook: fit_time_s adds up across resumes
+    callbacks = [*_callbacks(cfg), clock]
     loggers = _loggers(cfg)
+    ckpt_path = _resolve_ckpt(cfg, out_dir)
+    keep_csv_history(loggers, ckpt_path)  # issue 13 hook: the curve before a kill stays
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=dm, ckpt_path=_resolve_ckpt(cfg, out_dir))
-    fit_s = time.perf_counter() - t_start
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    fit_s = clock.before_s + time.perf_counter() - t_start
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     best_epoch, epochs_run = _fit_summary(trainer, module)
