@@ -12,6 +12,7 @@ file, the line (1-based, the header is line 1) or column, and what was expected.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import tempfile
@@ -37,6 +38,7 @@ REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 OPTIONAL_COLUMNS = ("rating", "timestamp")
 _ID_COLUMNS = ("userID", "itemID")
 _MAX_ID = 2**40  # far beyond any real dataset; keeps id arithmetic in int64 safe
+log = logging.getLogger(__name__)
 _NPY_MAGIC = b"\x93NUMPY"
 _MODALITY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -361,6 +363,14 @@ def _filter_cold_users(
     keep = has_train[users]
     if keep.all():
         return users, items, split
+    cold = np.unique(users[~keep])
+    log.info(
+        "%s: dropped %d valid/test rows of %d users without any train row (e.g. userID %d; filter_cold_users)",
+        path,
+        int((~keep).sum()),
+        len(cold),
+        int(cold[0]),
+    )
     users, items, split = users[keep], items[keep], split[keep]
     for s in (VALID, TEST):
         if not np.any(split == s):

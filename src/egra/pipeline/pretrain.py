@@ -123,7 +123,7 @@ def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
         }
         return arrays, meta
 
-    return cache.get_or_build("embeddings", key, build)
+    return cache.get_or_build("embeddings", key, build, required=("items",))
 
 
 def run(cfg: DictConfig) -> Artifact:
