@@ -9,7 +9,8 @@ GPUS ?=
 DATASET ?= baby
 SWEEP ?= lambda_grid
 EXPERIMENT ?= egra_small
-DIR ?= $(lastword $(sort $(wildcard logs/*/multiruns/*)))
+# The newest sweep of any task (by modification time, not by name).
+DIR ?= $(firstword $(shell ls -1dt logs/*/multiruns/*/ 2>/dev/null))
 
 ifneq ($(strip $(GPUS)),)
   TRAIN_DEVICES := trainer=ddp trainer.devices=$(GPUS)
@@ -44,8 +45,9 @@ ifeq ($(origin SWEEP_DIR),undefined)
 endif
 
 sweep: $(STAMP) ## Run a sweep, then report it: SWEEP=lambda_grid|k_pt|seeds|ablations|optuna ARGS="k=v ..." [SWEEP_DIR=<dir>]
-	$(BIN)/egra-train -m hparams_search=$(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
-	$(BIN)/egra-report $(SWEEP_DIR)
+	@# Failed jobs end the sweep with status 4: report anyway, then pass that status on.
+	$(BIN)/egra-train -m hparams_search=$(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS); \
+	  status=$$?; $(BIN)/egra-report $(SWEEP_DIR); exit $$status
 
 report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/multiruns/<time> (default: newest)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun dir> [ARGS='--out D --metrics ...']"; exit 2; }

@@ -22,10 +22,9 @@ from omegaconf import DictConfig
 
 from egra.cli import config_dir, finish_wandb
 from egra.cli.console import quiet_console
-from egra.cli.errors import exit_code, exit_if_user_error, one_line
+from egra.cli.errors import ERROR_FILE, exit_code, exit_if_user_error, one_line
 
 log = logging.getLogger(__name__)
-ERROR_FILE = "error.txt"
 DEFAULT_OBJECTIVE = "valid/Recall@20"
 
 

@@ -54,7 +54,9 @@ def pretrained_item_graph(cfg: DictConfig, dm) -> tuple[sp.csr_matrix | None, di
     m = cfg.model
     source = str(m.graph_source)
     if source == "none" or int(m.k_pt) == 0:
-        return None, {"graph_source": source}
+        # k_pt=0 is refused by egra.pipeline.checks; a caller that skips the checks still gets
+        # metrics.json saying what was used: no S^pt.
+        return None, {"graph_source": "none"}
     from egra.pipeline.pretrain import pretrain
 
     t0 = time.perf_counter()
