@@ -31,6 +31,7 @@ BAD_SETTINGS = [
     (["model=egra", "model.P=-1"], "model.P=-1"),
     (["model=egra", "model.beta=-1"], "model.beta=-1"),
     (["data.eval_batch_size=0"], "data.eval_batch_size=0"),
+    (["data.preset=huge"], "data.preset='huge': expected one of tiny, small"),
     (["data.batch_size=0"], "data.batch_size=0"),
     (["model=egra", "model.k_pt=0"], "model.graph_source=none"),
     (["model=egra", "model.ramp=foo"], "model.ramp='foo': expected one of linear, cosine, step"),

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from egra.cli import config_dir, finish_wandb
 from egra.cli.console import quiet_console
 from egra.cli.errors import ERROR_FILE, exit_code, exit_if_user_error, one_line
+from egra.pipeline.checks import check_config
 
 log = logging.getLogger(__name__)
 DEFAULT_OBJECTIVE = "valid/Recall@20"
@@ -82,12 +83,15 @@ def record_failure(hydra_cfg: Any, exc: BaseException) -> Path:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | list[float] | None:
-    from egra.pipeline.train import run
-
     hydra_cfg = _hydra_job()
-    quiet_console()  # issue 13 hook: one line per log record, no loader/advert noise
     failed = False
     try:
+        # issue 13 hooks: a bad setting is reported before Lightning's import (seconds); then
+        # one line per log record, no loader/advert noise.
+        check_config(cfg)
+        quiet_console()
+        from egra.pipeline.train import run
+
         metrics = run(cfg)
     except Exception as exc:
         failed = True

@@ -26,6 +26,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from egra.data import DataError
+from egra.data.synthetic import PRESETS
 from egra.graphs.knn import METHODS as KNN_METHODS
 from egra.models.egra import RAMPS, WEIGHTING_MODES
 
@@ -162,6 +163,7 @@ RULES: dict[str, Rule] = {
     "seed": Int(),
     "threads": Int(ge=1, optional=True),
     "data.source": Choice("synthetic", "mmrec"),
+    "data.preset": Choice(*PRESETS),  # read by source=synthetic only
     "data.batch_size": Int(ge=1),
     "data.eval_batch_size": Int(ge=1),
     "data.seed": Int(),
