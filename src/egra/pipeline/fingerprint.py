@@ -116,6 +116,6 @@ def finished_run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
             changes = config_changes(prev, hashed_config(cfg))
             why += f" ({changes})" if changes else ""
     log.warning("re-running %s: the finished run there is for another config: %s", out_dir, why)
-    metrics_path.unlink()
+    metrics_path.unlink(missing_ok=True)  # under DDP every rank gets here
     (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
     return None
