@@ -252,3 +252,18 @@ def test_cli_prints_one_line_and_exit_status(tmp_path):
         "egra-train: bad setting: model.ramp='foo': expected one of linear, cosine, step"
     ]
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_pretrain_entry_point_names_the_missing_feature_files(tmp_path, no_training, capsys):
+    from egra.cli.pretrain import main
+
+    folder = _folder(tmp_path, good_lines())
+    cfg = make_cfg(tmp_path, ["data=mmrec", f"data.root={folder}"], config_name="pretrain", tiny=False)
+    with pytest.raises(SystemExit) as info:
+        main.__wrapped__(cfg)
+    assert info.value.code == EXIT_DATA
+    _assert_one_line(
+        capsys.readouterr().err,
+        f"egra-pretrain: bad data: {folder}: backbones.mgcn (MGCN) needs item features, "
+        "but none of image_feat.npy, text_feat.npy is there",
+    )
