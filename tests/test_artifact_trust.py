@@ -51,13 +51,18 @@ def test_graph_metadata_comes_from_the_arrays_and_a_short_manifest_is_rebuilt(cf
 
 
 def test_files_get_the_umask_mode_not_0600(tmp_path):
+    from egra.data.synthetic import ensure_synthetic
+
     old = os.umask(0o022)
     try:
         write_json(tmp_path / "metrics.json", {"a": 1})
         art = ArtifactCache(tmp_path).put("emb", "k", {"items": np.zeros((2, 2), np.float32)}, {})
+        data = ensure_synthetic(tmp_path / "data", "tiny", 0)
     finally:
         os.umask(old)
-    for path in (tmp_path / "metrics.json", art.path / "items.npy", art.path / MANIFEST):
+    files = [tmp_path / "metrics.json", art.path / "items.npy", art.path / MANIFEST, *data.iterdir()]
+    assert len(files) > 4
+    for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 

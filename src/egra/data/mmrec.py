@@ -488,6 +488,14 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     _atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
 
 
+def plain_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask); mkstemp's is 0600, which a
+    team sharing a data folder cannot read."""
+    mask = os.umask(0)  # the only portable way to read the umask: set it and restore it at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -495,6 +503,7 @@ def _atomic_write(path: Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, plain_file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:
