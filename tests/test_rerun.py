@@ -88,3 +88,15 @@ def test_sweep_rerun_with_a_changed_grid_reruns_changed_jobs(tmp_path, capsys):
     rows = pd.read_csv(sweep / "results.csv").set_index("model.n_layers")
     assert sorted(rows.index) == [1, 3]
     assert rows.loc[3, "test/Recall@20"] == pytest.approx(new1["test/Recall@20"])
+
+
+def test_resume_refuses_another_model_before_any_stage(cfg_factory, monkeypatch):
+    import egra.pipeline.train as train_mod
+    from egra.pipeline.checks import ConfigError
+
+    run(cfg_factory(["trainer.max_epochs=1"]))
+    monkeypatch.setattr(train_mod, "load_data", lambda cfg: pytest.fail("a stage started"))
+    with pytest.raises(
+        ConfigError, match=r"ckpt_path=last: .*last.ckpt belongs to another run \(model.n_layers: 2 -> 3\)"
+    ):
+        run(cfg_factory(["trainer.max_epochs=2", "model.n_layers=3", "ckpt_path=last"]))

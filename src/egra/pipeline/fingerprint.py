@@ -8,6 +8,7 @@ reports, never what it computes, are left out of the hash.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from egra.pipeline.cache import artifact_key
+from egra.pipeline.checks import ConfigError
 from egra.pipeline.io import read_json
 
 log = logging.getLogger(__name__)
@@ -119,3 +121,44 @@ def finished_run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
     metrics_path.unlink(missing_ok=True)  # under DDP every rank gets here
     (out_dir / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
     return None
+
+
+# What a checkpoint's weights and sampler state depend on: a resume must not change them.
+RESUME_KEYS = ("model", "data", "seed")
+RESUME_FREE = ("data.eval_batch_size",)  # evaluation chunking only
+
+
+def _resume_part(tree: dict) -> dict:
+    part = {k: copy.deepcopy(tree.get(k)) for k in RESUME_KEYS}
+    for dotted in RESUME_FREE:
+        head, last = dotted.split(".")
+        if isinstance(part.get(head), dict):
+            part[head].pop(last, None)
+    return part
+
+
+def check_resume(cfg: DictConfig, out_dir: Path) -> None:
+    """``ckpt_path=last`` continues the run in ``out_dir`` only with its model, data and seed.
+
+    Raises :class:`ConfigError` before any stage when the config the run started with
+    (``config_resolved.yaml``, written at its start by :func:`record_config`) differs there.
+    """
+    if cfg.get("ckpt_path") != "last" or not (out_dir / "checkpoints" / "last.ckpt").is_file():
+        return
+    prev_path = out_dir / CONFIG_FILE
+    if not prev_path.is_file():
+        return
+    before = _resume_part(hashed_config(OmegaConf.to_container(OmegaConf.load(prev_path))))
+    now = _resume_part(hashed_config(cfg))
+    if before != now:
+        raise ConfigError(
+            f"ckpt_path=last: {out_dir / 'checkpoints' / 'last.ckpt'} belongs to another run "
+            f"({config_changes(before, now)}); resume with the same model, data and seed, "
+            "or start a new run directory"
+        )
+
+
+def record_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Write ``config_resolved.yaml`` when a run starts (a resume compares against it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out_dir / CONFIG_FILE, resolve=True)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from egra.graphs.dense import set_blas_threads
 from egra.metrics import popularity_groups
 from egra.pipeline.checks import check_config, check_data
-from egra.pipeline.fingerprint import HASH_KEY, config_hash, finished_run
+from egra.pipeline.fingerprint import HASH_KEY, check_resume, config_hash, finished_run, record_config
 from egra.pipeline.history import keep_csv_history
 from egra.pipeline.io import git_revision, write_json
 from egra.pipeline.tables import metrics_table, side_by_side
@@ -180,6 +180,9 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
         done = finished_run(cfg, out_dir)  # issue 13 hook: reuse only a run of this config
         if done is not None:
             return done
+    check_resume(cfg, out_dir)  # issue 13 hook: a resume keeps the model, data and seed
+    if rank_zero_only.rank == 0:
+        record_config(cfg, out_dir)  # issue 13 hook: what a later resume compares against
     setup_run(cfg)
     dm = load_data(cfg)
     check_data(cfg, dm)  # issue 13 hook: size- and feature-dependent settings, before pretraining
