@@ -9,7 +9,8 @@ GPUS ?=
 DATASET ?= baby
 SWEEP ?= lambda_grid
 EXPERIMENT ?= egra_small
-DIR ?= $(lastword $(sort $(wildcard logs/*/multiruns/*)))
+# The newest sweep of any task (by modification time, not by name).
+DIR ?= $(firstword $(shell ls -1dt logs/*/multiruns/*/ 2>/dev/null))
 
 # GPU=1 (implied by GPUS=N where an NVIDIA driver is present): a CUDA torch with a matching
 # FAISS (tools/gpu_stack.py), in its own stamp. Without a driver GPUS=N keeps the CPU stack, so
@@ -70,8 +71,9 @@ ifeq ($(origin SWEEP_DIR),undefined)
 endif
 
 sweep: $(STAMP) ## Run a sweep, then report it: SWEEP=lambda_grid|k_pt|seeds|ablations|optuna ARGS="k=v ..." [SWEEP_DIR=<dir>]
-	$(BIN)/egra-train -m hparams_search=$(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS)
-	$(BIN)/egra-report $(SWEEP_DIR)
+	@# Failed jobs end the sweep with status 4: report anyway, then pass that status on.
+	$(BIN)/egra-train -m hparams_search=$(SWEEP) hydra.sweep.dir=$(SWEEP_DIR) $(ARGS); \
+	  status=$$?; $(BIN)/egra-report $(SWEEP_DIR); exit $$status
 
 PRESET ?= small
 TRIALS ?= 10

@@ -296,3 +296,19 @@ def test_real_tiny_sweep(cfg_factory, tmp_path, capsys):
     assert_png(sweep / "long_tail.png")
     assert not list(sweep.glob("sensitivity_*.png"))
     assert "sensitivity curves: no swept numeric override" in (sweep / "report.md").read_text()
+
+
+def test_rows_follow_the_swept_values_and_failures_point_to_error_txt(tmp_path, capsys):
+    """A grid ``k_pt=500,3,5`` lists 3, 5, 500 (not the job order); a failed job names its
+    error.txt, which holds the failure, rather than the job log."""
+    root = tmp_path / "mr"
+    for n, k in enumerate([500, 3, 5]):
+        write_job(root / str(n), [f"model.k_pt={k}"], {"test/Recall@20": k / 1000, "test/NDCG@20": 0.01})
+    write_job(root / "3", ["model.k_pt=7"], None)
+    (root / "3" / "train.log").write_text("log lines\n")
+    (root / "3" / "error.txt").write_text("job 3: model.k_pt=7\n\nbad setting: ...\n")
+    assert main([str(root), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    rows = read_csv(root / "results.csv")
+    assert [(r["job"], r["model.k_pt"]) for r in rows] == [("1", "3"), ("2", "5"), ("3", "7"), ("0", "500")]
+    assert f"see {root / '3' / 'error.txt'}" in printed

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 
@@ -101,3 +103,49 @@ def test_skip_if_done_does_not_skip_a_resume(cfg_factory, monkeypatch):
     monkeypatch.setattr(train_mod, "fit_and_evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
     run(cfg_factory(["model=bpr", "trainer.max_epochs=2", "ckpt_path=last"]))
     assert calls == [1]
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_metrics_history_and_the_fit_time(cfg_factory):
+    """The resumed run's CSV curve is the uninterrupted run's (every epoch once, those before
+    the kill too); fit_time_s adds the time before the kill, which the checkpoint carries."""
+    base = ["model=lightgcn", "trainer.max_epochs=4", "logger=csv"]
+    full_cfg = cfg_factory(base, sub="full")
+    run(full_cfg)
+    killed_cfg = cfg_factory(base + _kill_overrides(2), sub="resumed")
+    out_dir = Path(killed_cfg.paths.output_dir)
+    with pytest.raises(Killed):
+        run(killed_cfg)
+    ckpt = torch.load(out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    before_s = ckpt["callbacks"]["FitClock"]["fit_time_s"]
+    assert before_s > 0
+
+    resumed = run(cfg_factory(base + ["ckpt_path=last"], sub="resumed"))
+
+    def curve(run_dir) -> pd.DataFrame:
+        rows = pd.read_csv(Path(run_dir) / "csv" / "metrics.csv")
+        return rows.dropna(subset=["valid/Recall@20"])[["epoch", "step", "valid/Recall@20"]]
+
+    expected = curve(full_cfg.paths.output_dir)
+    assert list(expected["epoch"])[:4] == [0, 1, 2, 3]  # + the best checkpoint's final evaluation
+    pd.testing.assert_frame_equal(curve(out_dir).reset_index(drop=True), expected.reset_index(drop=True))
+    assert resumed["fit_time_s"] > before_s
+
+
+@pytest.mark.slow
+def test_killed_backbone_pretraining_resumes_from_its_checkpoint(cfg_factory, caplog):
+    """A kill during MGCN pretraining leaves ``.<key>.work/checkpoints/last.ckpt``; the next run
+    continues it (and gets the backbone an uninterrupted run gets)."""
+    base = ["model=egra", "backbones.mgcn.max_epochs=4", "trainer.max_epochs=1"]
+    full = run(cfg_factory(base, sub="full"))
+    with pytest.raises(Killed):
+        run(cfg_factory(base + _kill_overrides(2), sub="killed"))
+    (work,) = (Path(cfg_factory(base, sub="killed").paths.artifact_dir) / "embeddings").glob(".*.work")
+    assert (work / "checkpoints" / "last.ckpt").is_file()
+
+    with caplog.at_level(logging.INFO, logger="egra.pipeline.train"):
+        resumed = run(cfg_factory(base, sub="killed"))
+    assert f"resuming from {work / 'checkpoints' / 'last.ckpt'}" in caplog.text
+    assert not work.exists()  # the artifact is complete: its work dir is gone
+    for key in ("backbone/valid/Recall@20", "backbone/test/Recall@20", "test/Recall@20"):
+        assert resumed[key] == full[key], key

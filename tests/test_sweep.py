@@ -19,6 +19,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from egra.cli.errors import EXIT_FAILED_JOBS
 from egra.cli.train import failed_value
 from tests.conftest import CONF_DIR
 from tests.test_wandb import offline_runs, read_offline_run
@@ -148,9 +149,10 @@ def test_lambda_grid_multirun_survives_failure_reruns_in_place_and_reports(tmp_p
     ]
     job0, job1 = sweep / "0", sweep / "1"
 
-    # 1st launch: job 1 fails; the sweep goes on, ends with status 0 and keeps job 0's results.
+    # 1st launch: job 1 fails; the sweep goes on, keeps job 0's results and ends with status 4.
     first = _egra_train(args, {FAIL_ENV: "1"})
-    assert first.returncode == 0, first.stderr[-4000:]
+    assert first.returncode == EXIT_FAILED_JOBS, first.stderr[-4000:]
+    assert "1 job(s) failed: 1 " in first.stderr
     m0 = json.loads((job0 / "metrics.json").read_text())
     assert m0["pretrain_reused"] is False and m0["graph_reused"] is False
     assert not (job1 / "metrics.json").exists()
@@ -215,7 +217,10 @@ def test_optuna_sweep_survives_a_failed_trial(tmp_path, monkeypatch):
         "hydra/job_logging=none",
     ]
     try:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"):
+        with (
+            initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name="train"),
+            pytest.raises(SystemExit, match=str(EXIT_FAILED_JOBS)),  # trial 0 failed
+        ):
             GlobalHydra.instance().hydra.multirun(
                 config_name="train",
                 task_function=main.__wrapped__,

@@ -73,6 +73,15 @@ def test_cli_subprocess(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "test/NDCG@20" in metrics
     assert "Recall" in out.stdout
+    # A quiet console (egra.cli.console): each record once, no FAISS loader or advert lines.
+    console = (out.stdout + out.stderr).splitlines()
+    bars = [line for line in console if "━" in line]
+    table_start = next(i for i, line in enumerate(console) if line.startswith("test ") and "@5" in line)
+    rest = [line for line in console[: table_start - 2] if line.strip() and line not in bars]
+    assert len(rest) <= 15, "\n".join(rest)
+    assert not [
+        line for line in console if line.startswith("INFO: ") or "faiss.loader" in line or "Tip:" in line
+    ]
 
 
 def test_unknown_config_key_is_named(tmp_path):

@@ -6,14 +6,22 @@ import hydra
 from omegaconf import DictConfig
 
 from egra.cli import config_dir, finish_wandb
+from egra.cli.console import quiet_console
+from egra.cli.errors import exit_if_user_error
+from egra.pipeline.checks import check_config
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="pretrain")
 def main(cfg: DictConfig) -> None:
-    from egra.pipeline.pretrain import run
-
     try:
+        check_config(cfg)  # issue 13 hooks: bad settings before Lightning's import; quiet console
+        quiet_console()
+        from egra.pipeline.pretrain import run
+
         run(cfg)
+    except Exception as exc:
+        exit_if_user_error("egra-pretrain", exc, cfg)
+        raise
     finally:
         finish_wandb()
 

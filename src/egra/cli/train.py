@@ -3,7 +3,8 @@
 In a multirun (``-m``) one failing job does not end the sweep: its traceback goes to
 ``<job dir>/error.txt`` and to the log, the sweeper is told "no result" (None; ``-inf``
 for an Optuna study that maximises, ``+inf`` for one that minimises, so the study goes on)
-and the next job starts. A single run re-raises. Re-running a sweep into the same
+and the next job starts. A single run re-raises, except a user error (bad setting, bad data:
+``egra.cli.errors``), which prints one line and exits with its own status. Re-running a sweep into the same
 ``hydra.sweep.dir`` skips the jobs that wrote ``metrics.json`` (``skip_if_done``) and runs
 the failed and missing ones again.
 """
@@ -20,9 +21,11 @@ import hydra
 from omegaconf import DictConfig
 
 from egra.cli import config_dir, finish_wandb
+from egra.cli.console import quiet_console
+from egra.cli.errors import ERROR_FILE, exit_code, exit_if_user_error, one_line
+from egra.pipeline.checks import check_config
 
 log = logging.getLogger(__name__)
-ERROR_FILE = "error.txt"
 DEFAULT_OBJECTIVE = "valid/Recall@20"
 
 
@@ -64,13 +67,15 @@ def record_failure(hydra_cfg: Any, exc: BaseException) -> Path:
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / ERROR_FILE
     overrides = " ".join(hydra_cfg.overrides.task) or "(no overrides)"
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if exit_code(exc) is not None:  # a user error: its one line says everything
+        text = one_line(exc) + "\n"
+    else:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     path.write_text(f"job {hydra_cfg.job.num}: {overrides}\n\n{text}")
     log.error(
-        "job %s failed (%s: %s); the sweep goes on. Traceback: %s",
+        "job %s failed (%s); the sweep goes on. Details: %s",
         hydra_cfg.job.num,
-        type(exc).__name__,
-        exc,
+        one_line(exc) if exit_code(exc) is not None else f"{type(exc).__name__}: {exc}",
         path,
     )
     return path
@@ -78,15 +83,20 @@ def record_failure(hydra_cfg: Any, exc: BaseException) -> Path:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> float | list[float] | None:
-    from egra.pipeline.train import run
-
     hydra_cfg = _hydra_job()
     failed = False
     try:
+        # issue 13 hooks: a bad setting is reported before Lightning's import (seconds); then
+        # one line per log record, no loader/advert noise.
+        check_config(cfg)
+        quiet_console()
+        from egra.pipeline.train import run
+
         metrics = run(cfg)
     except Exception as exc:
         failed = True
         if not _is_multirun(hydra_cfg):
+            exit_if_user_error("egra-train", exc, cfg)
             raise
         record_failure(hydra_cfg, exc)
         return failed_value(hydra_cfg)

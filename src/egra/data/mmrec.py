@@ -12,6 +12,7 @@ file, the line (1-based, the header is line 1) or column, and what was expected.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import tempfile
@@ -37,6 +38,7 @@ REQUIRED_COLUMNS = ("userID", "itemID", "x_label")
 OPTIONAL_COLUMNS = ("rating", "timestamp")
 _ID_COLUMNS = ("userID", "itemID")
 _MAX_ID = 2**40  # far beyond any real dataset; keeps id arithmetic in int64 safe
+log = logging.getLogger(__name__)
 _NPY_MAGIC = b"\x93NUMPY"
 _MODALITY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -361,6 +363,14 @@ def _filter_cold_users(
     keep = has_train[users]
     if keep.all():
         return users, items, split
+    cold = np.unique(users[~keep])
+    log.info(
+        "%s: dropped %d valid/test rows of %d users without any train row (e.g. userID %d; filter_cold_users)",
+        path,
+        int((~keep).sum()),
+        len(cold),
+        int(cold[0]),
+    )
     users, items, split = users[keep], items[keep], split[keep]
     for s in (VALID, TEST):
         if not np.any(split == s):
@@ -478,6 +488,14 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
     _atomic_write(path, lambda fh: np.save(fh, arr, allow_pickle=False))
 
 
+def plain_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0666 less the umask); mkstemp's is 0600, which a
+    team sharing a data folder cannot read."""
+    mask = os.umask(0)  # the only portable way to read the umask: set it and restore it at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -485,6 +503,7 @@ def _atomic_write(path: Path, write) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, plain_file_mode())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from egra.data.interactions import TEST, TRAIN, VALID, Interactions
-from egra.data.mmrec import feature_path, load_mmrec, save_mmrec
+from egra.data.mmrec import feature_path, load_mmrec, plain_file_mode, save_mmrec
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -516,6 +516,7 @@ def ensure_synthetic(root_dir: str | os.PathLike, preset: str | SyntheticConfig,
             json.dump(manifest, fh, indent=1, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, plain_file_mode())
         os.replace(tmp, folder / MANIFEST)
     return folder
 

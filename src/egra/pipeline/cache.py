@@ -17,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,17 +65,31 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def validate(path: Path) -> dict[str, Any] | None:
-    """The manifest if the artifact at ``path`` is complete and intact, else None."""
+def validate(path: Path, required: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The manifest if the artifact at ``path`` is complete and intact, else None.
+
+    Intact: every ``required`` file is listed, every listed file matches its sha256 and the
+    shape the manifest records (metadata is checked against the arrays, never just trusted).
+    """
     mpath = path / MANIFEST
     if not mpath.exists():
         return None
     try:
         manifest = json.loads(mpath.read_text())
+        missing = [name for name in required if name not in manifest["files"]]
+        if missing:
+            log.warning("artifact %s: manifest lists no %s", path, ", ".join(f"{m}.npy" for m in missing))
+            return None
         for name, digest in manifest["files"].items():
             fpath = path / f"{name}.npy"
             if not fpath.exists() or _sha256(fpath) != digest:
                 log.warning("artifact %s: %s.npy is missing or does not match its manifest", path, name)
+                return None
+            shape = list(np.load(fpath, mmap_mode="r", allow_pickle=False).shape)
+            if manifest["shapes"][name] != shape:
+                log.warning(
+                    "artifact %s: %s.npy has shape %s, its manifest says otherwise", path, name, shape
+                )
                 return None
     except (OSError, ValueError, KeyError, TypeError) as err:
         log.warning("artifact %s: unreadable manifest (%s)", path, err)
@@ -90,9 +104,9 @@ class ArtifactCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
-    def get(self, kind: str, key: str) -> Artifact | None:
+    def get(self, kind: str, key: str, required: Sequence[str] = ()) -> Artifact | None:
         path = self.path(kind, key)
-        manifest = validate(path)
+        manifest = validate(path, required)
         return Artifact(path, manifest, reused=True) if manifest is not None else None
 
     def put(self, kind: str, key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Artifact:
@@ -120,13 +134,23 @@ class ArtifactCache:
         kind: str,
         key: str,
         build: Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, Any]]],
+        required: Sequence[str] = (),
     ) -> Artifact:
+        """The artifact ``kind/key`` (holding at least the ``required`` arrays), built if absent."""
         lock = self.root / kind / f".{key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         # One builder at a time (DDP ranks, parallel sweep jobs); the others then reuse it.
         with open(lock, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            found = self.get(kind, key)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("waiting for %s artifact %s: another process is building it", kind, key)
+                t_wait = time.perf_counter()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                log.info(
+                    "lock on %s artifact %s acquired after %.1fs", kind, key, time.perf_counter() - t_wait
+                )
+            found = self.get(kind, key, required)
             if found is not None:
                 log.info("reusing %s artifact %s", kind, found.path)
                 return found

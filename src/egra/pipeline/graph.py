@@ -19,6 +19,7 @@ from egra.graphs.knn import knn_graph
 from egra.pipeline.cache import ArtifactCache, artifact_key
 
 log = logging.getLogger(__name__)
+GRAPH_FILES = ("data", "indices", "indptr")
 # Backbone metrics carried into the EGRA run's metrics.json (for side-by-side tables).
 BACKBONE_KEYS = (
     "valid/Recall@20",
@@ -53,7 +54,9 @@ def pretrained_item_graph(cfg: DictConfig, dm) -> tuple[sp.csr_matrix | None, di
     m = cfg.model
     source = str(m.graph_source)
     if source == "none" or int(m.k_pt) == 0:
-        return None, {"graph_source": source}
+        # k_pt=0 is refused by egra.pipeline.checks; a caller that skips the checks still gets
+        # metrics.json saying what was used: no S^pt.
+        return None, {"graph_source": "none"}
     from egra.pipeline.pretrain import pretrain
 
     t0 = time.perf_counter()
@@ -65,7 +68,7 @@ def pretrained_item_graph(cfg: DictConfig, dm) -> tuple[sp.csr_matrix | None, di
         "weighted": bool(m.pt_weighted),
         "method": str(cfg.knn.method),
     }
-    key = artifact_key(embedding=emb.manifest["key"], **params)
+    key = artifact_key(embedding=emb.path.name, **params)
     cache = ArtifactCache(cfg.paths.artifact_dir)
 
     def build():
@@ -81,7 +84,7 @@ def pretrained_item_graph(cfg: DictConfig, dm) -> tuple[sp.csr_matrix | None, di
         }
 
     t1 = time.perf_counter()
-    art = cache.get_or_build("graphs", key, build)
+    art = cache.get_or_build("graphs", key, build, required=GRAPH_FILES)
     t_graph = time.perf_counter() - t1
     info = {
         "graph_source": source,
@@ -91,7 +94,7 @@ def pretrained_item_graph(cfg: DictConfig, dm) -> tuple[sp.csr_matrix | None, di
         "graph_artifact": str(art.path),
         "graph_reused": art.reused,
         "graph_s": round(t_graph, 3),
-        "graph_nnz": int(art.manifest["nnz"]),
+        "graph_nnz": int(len(art.array("indices"))),  # from the array, not the manifest's metadata
     }
     bb = emb.manifest.get("metrics") or {}
     for k in BACKBONE_KEYS:

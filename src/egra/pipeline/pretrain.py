@@ -19,6 +19,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
+from egra.pipeline.checks import check_config, check_data
+from egra.pipeline.history import resumable
 
 log = logging.getLogger(__name__)
 BACKBONES = ("mgcn", "lightgcn", "raw_features", "random")
@@ -70,7 +72,8 @@ def _train_backbone(cfg: DictConfig, name: str, dm, work_dir) -> tuple[dict[str,
         sub.trainer.max_epochs = int(bcfg.max_epochs)
         sub.seed = int(bcfg.seed)
         sub.paths.output_dir = str(work_dir)
-        sub.ckpt_path = None
+        # The work dir is keyed like the artifact: its last.ckpt is this backbone's (issue 13 hook).
+        sub.ckpt_path = "last" if (work_dir / "checkpoints" / "last.ckpt").is_file() else None
         sub.logger = {}  # the parent run's logger tracks the pipeline; keep this stage quiet
     setup_run(sub)
     net = build_net(sub, dm)
@@ -113,7 +116,8 @@ def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
             )
         elif bcfg["kind"] == "trained":
             work = cache.path("embeddings", key).with_name(f".{key}.work")
-            shutil.rmtree(work, ignore_errors=True)  # leftovers of a killed run
+            if resumable(work) is None:  # issue 13 hook: a killed run's last.ckpt is resumed
+                shutil.rmtree(work, ignore_errors=True)  # leftovers of a killed run
             arrays, extra = _train_backbone(cfg, name, dm, work)
             shutil.rmtree(work, ignore_errors=True)  # checkpoints are not part of the artifact
         else:
@@ -128,14 +132,16 @@ def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
         }
         return arrays, meta
 
-    return cache.get_or_build("embeddings", key, build)
+    return cache.get_or_build("embeddings", key, build, required=("items",))
 
 
 def run(cfg: DictConfig) -> Artifact:
     from egra.pipeline.train import load_data, setup_run
 
+    check_config(cfg)  # issue 13 hook: every setting checked before any stage
     setup_run(cfg)
     dm = load_data(cfg)
+    check_data(cfg, dm)  # issue 13 hook
     art = pretrain(cfg, dm)
     status = "reused" if art.reused else "wrote"
     print(f"{status} {cfg.backbone} embeddings: {art.path}")

@@ -286,6 +286,10 @@ def results_frame(collection: Collection | Sequence[Job]) -> pd.DataFrame:
         rows.append(row)
     columns = ["job", "status", *override_cols, *[col(k) for k in scores + info]]
     frame = pd.DataFrame(rows, columns=columns)
+    if override_cols and len(frame):
+        # Rows in the order of the swept values (a grid "500,3,5" lists 3, 5, 500), not of the jobs.
+        frame = frame.sort_values(override_cols, kind="stable", key=lambda s: s.map(_sort_key))
+        frame = frame.reset_index(drop=True)
     frame.attrs["override_columns"] = list(override_cols)
     return frame
 
@@ -438,7 +442,9 @@ def failure_notes(collection: Collection) -> list[str]:
     )
     notes = []
     for job in collection.failed:
-        logs = sorted(job.path.glob("*.log"))
+        # error.txt holds the failure itself (one line or the traceback); the log is the fallback.
+        error_file = job.path / "error.txt"
+        logs = [error_file] if error_file.is_file() else sorted(job.path.glob("*.log"))
         hint = f"; see {logs[0]}" if logs else ""
         notes.append(f"job {job.name} ({_describe(job.raw_overrides, keys)}): {job.error}{hint}")
     for root, raw in collection.not_started:

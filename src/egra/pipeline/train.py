@@ -16,9 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from egra.graphs.dense import set_blas_threads
 from egra.metrics import popularity_groups
-from egra.pipeline.io import PER_USER_FILE, git_revision, read_json, write_json
+from egra.pipeline.checks import check_config, check_data
+from egra.pipeline.fingerprint import HASH_KEY, check_resume, config_hash, finished_run, record_config
+from egra.pipeline.history import keep_csv_history
+from egra.pipeline.io import PER_USER_FILE, git_revision, write_json
 from egra.pipeline.tables import metrics_table, side_by_side
-from egra.training.callbacks import CollapseGuard
+from egra.training.callbacks import CollapseGuard, FitClock
 from egra.training.module import RecommenderModule
 
 log = logging.getLogger(__name__)
@@ -121,14 +124,17 @@ def fit_and_evaluate(
     """
     t_start = time.perf_counter()
     module = build_module(cfg, dm, net)
-    callbacks = _callbacks(cfg)
+    clock = FitClock()  # issue 13 hook: fit_time_s adds up across resumes
+    callbacks = [*_callbacks(cfg), clock]
     loggers = _loggers(cfg)
+    ckpt_path = _resolve_ckpt(cfg, out_dir)
+    keep_csv_history(loggers, ckpt_path)  # issue 13 hook: the curve before a kill stays
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(module, datamodule=dm, ckpt_path=_resolve_ckpt(cfg, out_dir))
-    fit_s = time.perf_counter() - t_start
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    fit_s = clock.before_s + time.perf_counter() - t_start
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     best_epoch, epochs_run = _fit_summary(trainer, module)
@@ -178,13 +184,19 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
     and graph stages first (cached artifacts).
     """
     t_start = time.perf_counter()
+    check_config(cfg)  # issue 13 hook: every setting checked before any stage
     out_dir = Path(cfg.paths.output_dir)
     metrics_path = out_dir / "metrics.json"
-    if cfg.get("skip_if_done", False) and metrics_path.exists() and cfg.get("ckpt_path") in (None, ""):
-        log.info("%s exists: skipping finished run", metrics_path)
-        return read_json(metrics_path)
+    if cfg.get("skip_if_done", False) and cfg.get("ckpt_path") in (None, ""):
+        done = finished_run(cfg, out_dir)  # issue 13 hook: reuse only a run of this config
+        if done is not None:
+            return done
+    check_resume(cfg, out_dir)  # issue 13 hook: a resume keeps the model, data and seed
+    if rank_zero_only.rank == 0:
+        record_config(cfg, out_dir)  # issue 13 hook: what a later resume compares against
     setup_run(cfg)
     dm = load_data(cfg)
+    check_data(cfg, dm)  # issue 13 hook: size- and feature-dependent settings, before pretraining
     extra = dict(extra_inputs or {})
     stage_info: dict[str, Any] = {}
     if "graph_source" in cfg.model and "item_graph" not in extra:
@@ -196,6 +208,7 @@ def run(cfg: DictConfig, extra_inputs: dict[str, Any] | None = None) -> dict[str
         L.seed_everything(int(cfg.seed), workers=True)
     net = build_net(cfg, dm, extra)
     module, metrics = fit_and_evaluate(cfg, dm, net, out_dir, extra_metrics=stage_info, started=t_start)
+    metrics[HASH_KEY] = config_hash(cfg)  # issue 13 hook: what skip_if_done compares
     if rank_zero_only.rank == 0:
         write_json(metrics_path, metrics)
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 
 import lightning as L
 import torch
@@ -199,3 +200,24 @@ class TermGradients(L.Callback):
             on_step=False,
             on_epoch=True,
         )
+
+
+class FitClock(L.Callback):
+    """Training seconds across resumes: checkpoints carry the time spent before them, so a
+    resumed run's ``fit_time_s`` counts the epochs before the kill too."""
+
+    def __init__(self) -> None:
+        self.before_s = 0.0
+        self._start: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return self.before_s + (time.perf_counter() - self._start if self._start is not None else 0.0)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"fit_time_s": self.elapsed_s()}
+
+    def load_state_dict(self, state_dict: dict[str, float]) -> None:
+        self.before_s = float(state_dict.get("fit_time_s", 0.0))
