@@ -27,8 +27,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from egra.data import DataError
 from egra.data.synthetic import PRESETS
-from egra.graphs.knn import METHODS as KNN_METHODS
 from egra.graphs import PT_NORMS
+from egra.graphs.knn import METHODS as KNN_METHODS
 from egra.models.egra import ALIGN_SCALES, ALIGN_VIEWS, RAMPS, WEIGHTING_MODES
 
 
