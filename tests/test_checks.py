@@ -212,24 +212,24 @@ def test_every_shipped_config_passes(tmp_path):
 class EGRAPlus(EGRA):
     """A model that grew a key (as issue 11's options will): forwards the rest to EGRA."""
 
-    def __init__(self, *, align_scale: float = 1.0, **kwargs):
+    def __init__(self, *, align_gain: float = 1.0, **kwargs):
         super().__init__(**kwargs)
-        self.align_scale = align_scale
+        self.align_gain = align_gain
 
 
 def test_a_new_model_key_needs_only_a_rule(tmp_path, monkeypatch):
     """Keys are checked against the constructor (types from its defaults); a range is one
     line in MODEL_RULES."""
     plus = ["model=egra", f"model._target_={__name__}.EGRAPlus"]
-    check_config(make_cfg(tmp_path, [*plus, "+model.align_scale=2.0"]))
-    with pytest.raises(ConfigError, match="model.align_scale='abc': expected a number$"):
-        check_config(make_cfg(tmp_path, [*plus, "+model.align_scale=abc"]))
+    check_config(make_cfg(tmp_path, [*plus, "+model.align_gain=2.0"]))
+    with pytest.raises(ConfigError, match="model.align_gain='abc': expected a number$"):
+        check_config(make_cfg(tmp_path, [*plus, "+model.align_gain=abc"]))
     with pytest.raises(ConfigError, match="model.lambda_mn: not an argument of EGRAPlus"):
         check_config(make_cfg(tmp_path, [*plus, "+model.lambda_mn=1"]))
-    check_config(make_cfg(tmp_path, [*plus, "+model.align_scale=-1"]))
-    monkeypatch.setitem(MODEL_RULES, "align_scale", Rule("float", gt=0))
-    with pytest.raises(ConfigError, match="model.align_scale=-1: expected a number > 0"):
-        check_config(make_cfg(tmp_path, [*plus, "+model.align_scale=-1"]))
+    check_config(make_cfg(tmp_path, [*plus, "+model.align_gain=-1"]))
+    monkeypatch.setitem(MODEL_RULES, "align_gain", Rule("float", gt=0))
+    with pytest.raises(ConfigError, match="model.align_gain=-1: expected a number > 0"):
+        check_config(make_cfg(tmp_path, [*plus, "+model.align_gain=-1"]))
 
 
 @pytest.mark.slow
