@@ -135,6 +135,10 @@ def fit_and_evaluate(
 
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     fit_s = clock.before_s + time.perf_counter() - t_start
+    # Read before validate/test: loading the best checkpoint restores the callbacks' state of
+    # that (earlier) epoch, which predates a collapse.
+    guard = next((c for c in callbacks if isinstance(c, CollapseGuard)), None)
+    collapse = guard.reason if guard is not None else None
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
     best_epoch, epochs_run = _fit_summary(trainer, module)
@@ -161,10 +165,9 @@ def fit_and_evaluate(
             "git_revision": git_revision(),
         }
     )
-    guard = next((c for c in callbacks if isinstance(c, CollapseGuard)), None)
-    metrics["status"] = "collapsed" if guard is not None and guard.reason else "ok"
-    if metrics["status"] == "collapsed":
-        metrics["collapse"] = guard.reason
+    metrics["status"] = "collapsed" if collapse else "ok"
+    if collapse:
+        metrics["collapse"] = collapse
     metrics.update(extra_metrics or {})
     if started is not None:
         metrics["wall_time_s"] = round(time.perf_counter() - started, 3)
