@@ -71,34 +71,41 @@ def test_arrays_never_unpickled(tmp_path):
 def test_pretrain_and_graph_stages_reuse_and_rekey(cfg_factory):
     from hydra.utils import instantiate
 
-    from egra.pipeline.graph import pretrained_item_graph
-    from egra.pipeline.pretrain import pretrain
+    from egra.pipeline.graph import GraphSpec, build_graphs
+    from egra.pipeline.pretrain import backbone_spec, pretrain
 
     cfg = cfg_factory(["model=egra", "backbones.mgcn.max_epochs=2", "model.k_pt=3"])
     dm = instantiate(cfg.data)
     dm.setup()
-    first = pretrain(cfg, dm, "mgcn")
+    backbone_graphs = build_graphs(cfg, dm, backbone_spec(cfg, "mgcn"))
+    assert set(backbone_graphs.artifacts) == {"S^m/image", "S^m/text"}
+    first = pretrain(cfg, dm, "mgcn", backbone_graphs)
     assert not first.reused
     assert first.array("items").shape == (dm.data.n_items, 64)
     assert "test/Recall@20" in first.manifest["metrics"]
-    again = pretrain(cfg, dm, "mgcn")
+    again = pretrain(cfg, dm, "mgcn", backbone_graphs)
     assert again.reused and again.path == first.path
 
-    g, info = pretrained_item_graph(cfg, dm)
+    graphs = build_graphs(cfg, dm, GraphSpec.of(cfg.model), first)
+    g, info = graphs.pretrained, graphs.info
     assert g.shape == (dm.data.n_items, dm.data.n_items)
-    assert info["pretrain_reused"] and not info["graph_reused"]
+    assert not info["graph_reused"]
+    assert graphs.artifacts["S^m/text"] == backbone_graphs.artifacts["S^m/text"]  # one S^m for both
     assert (g != g.T).nnz == 0  # symmetrised
     assert g.diagonal().sum() == 0  # self excluded
     assert set(np.unique(g.data)) == {1.0}  # binary
     assert (np.diff(g.indptr) >= 3).all()
-    g2, info2 = pretrained_item_graph(cfg, dm)
-    assert info2["graph_reused"] and (g2 != g).nnz == 0
+    graphs2 = build_graphs(cfg, dm, GraphSpec.of(cfg.model), first)
+    assert graphs2.info["graph_reused"] and (graphs2.pretrained != g).nnz == 0
+    assert graphs2.names() == graphs.names()
 
     # Changing k re-keys the graph but not the embeddings.
     cfg.model.k_pt = 4
-    _, info3 = pretrained_item_graph(cfg, dm)
-    assert info3["pretrain_reused"] and not info3["graph_reused"]
-    assert info3["graph_artifact"] != info["graph_artifact"]
+    graphs3 = build_graphs(cfg, dm, GraphSpec.of(cfg.model), first)
+    assert not graphs3.info["graph_reused"]
+    assert graphs3.info["graph_artifact"] != info["graph_artifact"]
+    assert graphs3.names()["S^pt"] != graphs.names()["S^pt"]
+    assert graphs3.names()["S^m/image"] == graphs.names()["S^m/image"]
 
     # Other backbones: raw features and random are cheap and keyed separately.
     raw = pretrain(cfg, dm, "raw_features")

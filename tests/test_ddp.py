@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from egra.pipeline.train import build_module, build_net
+from egra.pipeline.fit import build_module, build_net
 
 
 def _trainer(**kw) -> L.Trainer:
@@ -30,7 +30,7 @@ def test_ddp_validation_equals_single_process(cfg_factory):
     L.seed_everything(0)
     dm = instantiate(cfg.data)
     dm.setup()
-    module = build_module(cfg, dm, build_net(cfg, dm))
+    module = build_module(cfg, dm, build_net(cfg.model, dm))
     # Train a little so the scores are not those of the initialisation.
     _trainer(max_epochs=2, devices=1).fit(module, datamodule=dm)
     state = {k: v.clone() for k, v in module.state_dict().items()}

@@ -13,7 +13,7 @@ from egra.models import EGRA
 from egra.models.egra import entity_weights, weighted_nce
 from egra.models.losses import info_nce
 from egra.training.callbacks import AlignmentSchedule, lambda_at
-from tests.toy_models import toy_data, toy_item_graph
+from tests.toy_models import toy_data, toy_graphs, toy_item_graph
 
 
 def _batch(d, b=16, seed=0):
@@ -29,7 +29,7 @@ def _batch(d, b=16, seed=0):
 def test_every_parameter_gets_a_gradient(cross_pairs):
     d = toy_data()
     torch.manual_seed(0)
-    m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]), cross_pairs=cross_pairs)
+    m = EGRA(**d, **toy_graphs(d), item_graph=toy_item_graph(d["n_items"]), cross_pairs=cross_pairs)
     out = m.loss(*_batch(d))
     out["loss"].backward()
     for name, p in m.named_parameters():
@@ -41,7 +41,7 @@ def test_every_parameter_gets_a_gradient(cross_pairs):
 def test_lambda_zero_adds_nothing():
     d = toy_data()
     torch.manual_seed(0)
-    m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]))
+    m = EGRA(**d, **toy_graphs(d), item_graph=toy_item_graph(d["n_items"]))
     batch = _batch(d)
     m.align_weight = 0.0
     out0 = m.loss(*batch)
@@ -56,24 +56,24 @@ def test_empty_graph_or_beta_zero_equals_no_enhanced_graph():
     d = toy_data()
     outs = []
     for kwargs in (
-        {"item_graph": None, "graph_source": "none"},
+        {"item_graph": None},
         {"item_graph": sp.csr_matrix((d["n_items"], d["n_items"]), dtype=np.float32)},
         {"item_graph": toy_item_graph(d["n_items"]), "beta": 0.0},
     ):
         torch.manual_seed(0)
-        m = EGRA(**d, **kwargs)
+        m = EGRA(**d, **toy_graphs(d), **kwargs)
         outs.append(m.embeddings())
     for u, i in outs[1:]:
         assert torch.equal(u, outs[0][0]) and torch.equal(i, outs[0][1])
     torch.manual_seed(0)
-    enhanced = EGRA(**d, item_graph=toy_item_graph(d["n_items"])).embeddings()
+    enhanced = EGRA(**d, **toy_graphs(d), item_graph=toy_item_graph(d["n_items"])).embeddings()
     assert not torch.allclose(enhanced[1], outs[0][1])
 
 
 def test_enhanced_graph_is_normalised_bipartite_with_item_block():
     d = toy_data()
     g = toy_item_graph(d["n_items"])
-    m = EGRA(**d, item_graph=g, beta=0.5)
+    m = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.5)
     a = m.adj.a.to_dense().numpy()
     u = d["n_users"]
     r = np.zeros((u, d["n_items"]), dtype=np.float32)
@@ -145,7 +145,7 @@ def test_schedule_callback_sets_model_weight():
         current_epoch = 0
 
     d = toy_data()
-    net = EGRA(**d, item_graph=None, lambda_min=0.1, lambda_max=0.3, P=2)
+    net = EGRA(**d, **toy_graphs(d), item_graph=None, lambda_min=0.1, lambda_max=0.3, P=2)
     pl, tr = FakeModule(net), FakeTrainer()
     cb = AlignmentSchedule()
     seen = []

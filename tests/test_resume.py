@@ -95,9 +95,9 @@ def test_skip_if_done_does_not_skip_a_resume(cfg_factory, monkeypatch):
     first = run(cfg)
     assert run(cfg) == first  # skipped: same dict, read back
     calls = []
-    import egra.pipeline.train as train_mod
+    import egra.pipeline.fit as fit_mod
 
-    real = train_mod.fit_and_evaluate
-    monkeypatch.setattr(train_mod, "fit_and_evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fit_mod.fit
+    monkeypatch.setattr(fit_mod, "fit", lambda *a, **k: calls.append(1) or real(*a, **k))
     run(cfg_factory(["model=bpr", "trainer.max_epochs=2", "ckpt_path=last"]))
     assert calls == [1]
