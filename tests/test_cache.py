@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,20 @@ def test_two_processes_race_for_one_artifact(tmp_path, mode):
     assert [p.name for p in (tmp_path / "artifacts" / "emb").iterdir() if not p.name.endswith(".lock")] == [
         "k"
     ]
+
+
+def test_pretrain_entry_point_builds_the_backbones_graphs_first(cfg_factory, capsys):
+    """``egra-pretrain``: a backbone without item graphs (LightGCN) and one with (MGCN)."""
+    from egra.pipeline.pretrain import run as pretrain_run
+
+    art = pretrain_run(cfg_factory(["backbone=lightgcn", "backbones.lightgcn.max_epochs=1"], "pretrain"))
+    assert art.array("items").shape[1] == 64 and not art.reused
+    assert art.manifest["config"]["model"]["_target_"] == "egra.models.LightGCN"
+    assert "wrote lightgcn embeddings" in capsys.readouterr().out
+    cfg = cfg_factory(["backbone=mgcn", "backbones.mgcn.max_epochs=1"], "pretrain")
+    mgcn = pretrain_run(cfg)
+    graphs = sorted(
+        p.name for p in (Path(cfg.paths.artifact_dir) / "graphs").iterdir() if not p.name.startswith(".")
+    )
+    assert len(graphs) == 2  # S^m of image and text, built by the graph stage
+    assert pretrain_run(cfg).path == mgcn.path  # the second call reuses it

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -116,9 +117,7 @@ class ArtifactCache:
     def put(self, kind: str, key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Artifact:
         path = self.path(kind, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{key}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}.tmp-"))
         files = {}
         for name, arr in arrays.items():
             _save_npy(tmp / f"{name}.npy", arr)
@@ -133,12 +132,21 @@ class ArtifactCache:
         }
         write_json(tmp / MANIFEST, manifest)  # written last: its presence means "complete"
         if path.exists():
-            if validate(path) is not None:
-                # Another writer finished first with the same key: same content, keep theirs.
+            theirs = validate(path)
+            if theirs is not None:
+                # Another writer finished first with the same key: same inputs, keep theirs.
                 shutil.rmtree(tmp, ignore_errors=True)
-                return Artifact(path, validate(path), reused=False)
+                return Artifact(path, theirs, reused=False)
             shutil.rmtree(path)  # invalid leftovers of a killed run
-        os.rename(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            # A concurrent writer renamed its copy in between: keep theirs if it is complete.
+            shutil.rmtree(tmp, ignore_errors=True)
+            theirs = validate(path)
+            if theirs is None:
+                raise
+            return Artifact(path, theirs, reused=False)
         return Artifact(path, manifest, reused=False)
 
     def _build_and_put(self, kind: str, key: str, build: Builder) -> Artifact:
