@@ -142,6 +142,14 @@ def test_which_trainers_rerun_the_command_per_rank(monkeypatch):
     assert not dist.reruns_per_rank({"strategy": "ddp", "devices": 1})
     assert not dist.reruns_per_rank({"strategy": "ddp_spawn", "devices": 2})
     assert not dist.reruns_per_rank({"devices": 1})
+    assert dist.reruns_per_rank({"accelerator": "cpu", "devices": 2})  # auto -> Lightning's ddp
+    assert dist.reruns_per_rank(
+        {"strategy": {"_target_": "lightning.pytorch.strategies.DDPStrategy"}, "devices": 2}
+    )
+    spawn = {"_target_": "lightning.pytorch.strategies.DDPStrategy", "start_method": "spawn"}
+    assert not dist.reruns_per_rank({"strategy": spawn, "devices": 2})
+    assert not dist.reruns_per_rank({"strategy": "fsdp_spawn", "devices": 2})
+    assert dist.reruns_per_rank({"strategy": "fsdp", "devices": 2})
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert dist.reruns_per_rank({"devices": 1})
 

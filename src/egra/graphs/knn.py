@@ -617,7 +617,7 @@ def graph_digest(a: sp.spmatrix) -> str:
     Equal for equal graphs whatever their dtype or format on the way in, so a checkpoint
     can name the graphs it was trained on and a later load can check it gets the same.
     """
-    c = sp.csr_matrix(a, dtype=np.float32)
+    c = sp.csr_matrix(a, dtype=np.float32, copy=True)  # canonicalised below, not the caller's
     c.sum_duplicates()
     c.sort_indices()
     h = hashlib.sha256(f"{c.shape[0]}x{c.shape[1]}".encode())

@@ -89,8 +89,14 @@ def reruns_per_rank(trainer: Mapping[str, Any]) -> bool:
     process (``ddp_spawn`` runs the fit in children and returns to the caller)."""
     if initialized() or (_env_int("WORLD_SIZE") or 1) > 1 or (_env_int("SLURM_NTASKS") or 1) > 1:
         return True
-    strategy = str(trainer.get("strategy") or "auto")
-    if "ddp" not in strategy or "spawn" in strategy or "fork" in strategy:
+    # Lightning starts the ranks of ddp, fsdp, deepspeed and "auto" on several devices by
+    # re-running the command; spawn/fork strategies run the fit in children of this process.
+    strategy = trainer.get("strategy") or "auto"
+    if isinstance(strategy, Mapping):  # a strategy object from config, e.g. DDPStrategy
+        name, method = str(strategy.get("_target_", "")).lower(), str(strategy.get("start_method", "popen"))
+    else:
+        name, method = str(strategy).lower(), "popen"
+    if method != "popen" or "spawn" in name or "fork" in name or "single" in name or name == "dp":
         return False
     nodes = int(trainer.get("num_nodes") or 1)
     return _n_devices(trainer.get("devices", 1)) * nodes > 1
