@@ -15,10 +15,11 @@ torch thread and at all cores, this measures:
   (``trainer.validate``: one full forward, then chunks of score / mask / top-50 /
   metrics), median of ``--eval-repeats`` passes; ``test_s`` the same for the test split
   (it adds the popularity-group metrics).
-* ``graph_build_s`` — one-off graph building: the model's construction (normalised
-  user-item adjacency and, for MGCN/EGRA, the modality kNN graphs from the raw
-  features) and, for EGRA, the ``S^pt`` graph (``egra.pipeline.graph.build_item_graph``
-  on random 64-d item vectors standing in for the pretrained embeddings).
+* ``graph_build_s`` — one-off graph building: for MGCN/EGRA the modality kNN graphs of
+  the raw features (``modality_graph_s``, ``egra.graphs.modality_graphs`` as the graph
+  stage calls it, without its cache), for EGRA the ``S^pt`` graph (``spt_graph_s``, on
+  random 64-d item vectors standing in for the pretrained embeddings), and the model's
+  construction (``init_s``: normalised user-item and enhanced adjacencies).
 * ``ckpt_s`` / ``ckpt_mb`` — saving one full checkpoint (weights + optimizer state)
   after training, i.e. what ``ModelCheckpoint`` writes for each file it saves.
 * ``peak_mb`` — the case's peak resident memory (``ru_maxrss``); every (model, threads)
