@@ -1,4 +1,4 @@
-"""Child process of the artifact-race tests (spawned: must be importable, no pytest fixtures)."""
+"""Child process of the artifact-race test (spawned: must be importable, no pytest fixtures)."""
 
 from __future__ import annotations
 
@@ -9,48 +9,52 @@ from pathlib import Path
 
 import numpy as np
 
+#: In this order: ``lock`` needs no process group, the others share one.
+MODES = ("lock", "group", "collective", "unshared")
 
-def race(rank: int, world: int, root: str, mode: str, port: int, result_dir: str, start_at: float) -> None:
-    """Both processes ask for artifact ``k`` at once; every ``build`` call and every write is
-    appended to a log file, the artifact each one got goes to ``<result_dir>/<rank>.json``.
 
-    ``mode``: ``lock`` (no process group, the file lock decides), ``group`` (gloo group:
-    rank 0 builds, the other waits at the barrier), ``collective`` (both build, rank 0
-    writes), ``unshared`` (as ``group`` but rank 1 looks in another directory).
+def race(rank: int, world: int, root: str, port: int, result_dir: str, start_at: float) -> None:
+    """For each mode the two processes ask for one artifact at once; every ``build`` call and
+    every write is appended to ``<result_dir>/<mode>/events.log``, the artifact each got
+    goes to ``<result_dir>/<mode>/<rank>.json``.
+
+    ``lock``: no process group, the file lock decides. ``group``: gloo group, rank 0 builds
+    while the other waits at the barrier. ``collective``: both build (as ranks of one DDP
+    fit), rank 0 writes. ``unshared``: as ``group``, but rank 1 looks in another directory.
     """
     import torch.distributed as torch_dist
 
     from egra.pipeline import cache as cache_mod
 
-    log = Path(result_dir) / "events.log"
-    if mode != "lock":
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        torch_dist.init_process_group("gloo", rank=rank, world_size=world)
-    if mode == "unshared" and rank == 1:
-        root = root + "-rank1"
-    cache = cache_mod.ArtifactCache(root)
-    real_put = cache.put
-
-    def put(*args, **kwargs):
-        with open(log, "a") as f:
-            f.write(f"put {rank}\n")
-        return real_put(*args, **kwargs)
-
-    cache.put = put
     time.sleep(max(0.0, start_at - time.time()))  # both ask at the same moment
+    for mode in MODES:
+        if mode == "group":
+            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+            torch_dist.init_process_group("gloo", rank=rank, world_size=world)
+        out_dir = Path(result_dir) / mode
+        out_dir.mkdir(parents=True, exist_ok=True)
+        mode_root = f"{root}/{mode}" + ("-rank1" if mode == "unshared" and rank == 1 else "")
+        cache = cache_mod.ArtifactCache(mode_root)
+        log = out_dir / "events.log"
+        real_put = cache.put
 
-    def build():
-        with open(log, "a") as f:
-            f.write(f"build {rank}\n")
-        time.sleep(1.0)  # long enough for the other process to arrive meanwhile
-        return {"x": np.arange(10, dtype=np.float32)}, {"by": rank}
+        def put(*args, _log=log, _put=real_put, **kwargs):
+            with open(_log, "a") as f:
+                f.write(f"put {rank}\n")
+            return _put(*args, **kwargs)
 
-    out = {"rank": rank}
-    try:
-        art = cache.get_or_build("emb", "k", build, collective=mode == "collective")
-        out.update(path=str(art.path), x=art.array("x").tolist(), by=art.manifest["by"])
-    except cache_mod.NotSharedError as err:
-        out["error"] = str(err)
-    (Path(result_dir) / f"{rank}.json").write_text(json.dumps(out))
-    if mode != "lock":
-        torch_dist.destroy_process_group()
+        def build(_log=log):
+            with open(_log, "a") as f:
+                f.write(f"build {rank}\n")
+            time.sleep(1.0)  # long enough for the other process to arrive meanwhile
+            return {"x": np.arange(10, dtype=np.float32)}, {"by": rank}
+
+        cache.put = put
+        out = {"rank": rank}
+        try:
+            art = cache.get_or_build("emb", "k", build, collective=mode == "collective")
+            out.update(path=str(art.path), x=art.array("x").tolist(), by=art.manifest["by"])
+        except cache_mod.NotSharedError as err:
+            out["error"] = str(err)
+        (out_dir / f"{rank}.json").write_text(json.dumps(out))
+    torch_dist.destroy_process_group()

@@ -142,49 +142,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["lock", "group", "collective", "unshared"])
-def test_two_processes_race_for_one_artifact(tmp_path, mode):
+def test_two_processes_race_for_one_artifact(tmp_path):
     """Two processes want one artifact at once: it is built and written once (``collective``:
     built by both, as ranks of one DDP fit, written once), both read the same complete files,
-    and a rank that cannot see rank 0's directory gets a clear error."""
+    and a rank that cannot see rank 0's directory gets a clear error. Modes: see race_worker."""
     import multiprocessing as mp
 
-    from tests.race_worker import race
+    from tests.race_worker import MODES, race
 
     root, results = str(tmp_path / "artifacts"), tmp_path / "results"
-    results.mkdir()
     ctx = mp.get_context("spawn")
     port, start_at = _free_port(), time.time() + 4.0
-    procs = [
-        ctx.Process(target=race, args=(r, 2, root, mode, port, str(results), start_at)) for r in range(2)
-    ]
+    procs = [ctx.Process(target=race, args=(r, 2, root, port, str(results), start_at)) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=90)
+        p.join(timeout=120)
     alive = [p for p in procs if p.is_alive()]
     for p in alive:
         p.kill()
     assert not alive, "deadlock: a process did not finish"
     assert [p.exitcode for p in procs] == [0, 0]
-    events = sorted((results / "events.log").read_text().split("\n")[:-1])
-    out = [json.loads((results / f"{r}.json").read_text()) for r in range(2)]
-    if mode == "unshared":
-        assert "error" not in out[0]
-        assert "cannot see" in out[1]["error"] and "shares" in out[1]["error"]
-        return
-    assert events == (
-        ["build 0", "build 1", "put 0"]
-        if mode == "collective"
-        else [f"build {out[0]['by']}", f"put {out[0]['by']}"]
-    )
-    if mode == "group":
-        assert events == ["build 0", "put 0"]  # rank 0 builds, rank 1 waits at the barrier
-    assert out[0]["path"] == out[1]["path"] and out[0]["by"] == out[1]["by"]
-    assert out[0]["x"] == out[1]["x"] == list(range(10))
-    assert [p.name for p in (tmp_path / "artifacts" / "emb").iterdir() if not p.name.endswith(".lock")] == [
-        "k"
-    ]
+    for mode in MODES:
+        events = sorted((results / mode / "events.log").read_text().split("\n")[:-1])
+        out = [json.loads((results / mode / f"{r}.json").read_text()) for r in range(2)]
+        if mode == "unshared":
+            assert "error" not in out[0]
+            assert "cannot see" in out[1]["error"] and "shares" in out[1]["error"]
+            continue
+        by = out[0]["by"]
+        want = {
+            "lock": [f"build {by}", f"put {by}"],  # whoever took the lock; the other reused
+            "group": ["build 0", "put 0"],  # rank 0 builds, rank 1 waits at the barrier
+            "collective": ["build 0", "build 1", "put 0"],
+        }[mode]
+        assert events == want, mode
+        assert out[0]["path"] == out[1]["path"] and out[1]["by"] == by, mode
+        assert out[0]["x"] == out[1]["x"] == list(range(10)), mode
+        names = [
+            p.name for p in (tmp_path / "artifacts" / mode / "emb").iterdir() if not p.name.endswith(".lock")
+        ]
+        assert names == ["k"], mode
 
 
 def test_pretrain_entry_point_builds_the_backbones_graphs_first(cfg_factory, capsys):
