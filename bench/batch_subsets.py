@@ -8,7 +8,7 @@ training steps (loss, backward, fused Adam) both ways on the catalog of ``bench/
 (generated, 200k items / 2M interactions by default), one torch thread, and reports how
 much of the catalog a batch reads.
 
-The modality kNN graphs are built with IVF (``knn_method=ivf``) to keep the set-up short;
+The modality kNN graphs are built with IVF (``method="ivf"``) to keep the set-up short;
 the step's cost depends on their size (10 neighbours per item), not on how they were found.
 
     python bench/batch_subsets.py                 # 200k items, 10 timed steps per mode
@@ -51,7 +51,7 @@ def main() -> None:
     threadpool_limits(1)
 
     from egra.data.datamodule import RecDataModule
-    from egra.graphs import sparse
+    from egra.graphs import modality_graphs, sparse
     from egra.models.mgcn import MGCN
 
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="egra-subsets-"))
@@ -69,8 +69,7 @@ def main() -> None:
         train_users=users,
         train_items=items,
         features=d.features,
-        knn_method="ivf",
-        knn_device="cpu",
+        modality_graphs=modality_graphs(d.features, 10, method="ivf", device="cpu"),
     )
     build_s = time.perf_counter() - t
     print(f"model built in {build_s:.1f}s", flush=True)
@@ -111,7 +110,7 @@ def main() -> None:
         "train_interactions": int(len(users)),
         "batch_size": 2048,
         "threads": 1,
-        "model": "mgcn (conf defaults: 64-d, 2 + 1 layers, trainable raw features), knn_method=ivf",
+        "model": "mgcn (conf defaults: 64-d, 2 + 1 layers, trainable raw features), S_m by IVF",
         "batch_items_read": need_items,
         "batch_items_read_part": round(need_items / d.n_items, 4),
         "batch_layer1_nodes_read": need_nodes,

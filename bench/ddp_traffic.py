@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from egra.graphs import modality_graphs
 from egra.models import EGRA, MGCN, LightGCN
 from egra.pipeline.io import git_revision
 
@@ -108,9 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     data = _toy(args.image_dim, args.text_dim)
+    s_m = modality_graphs(data["features"], 10, device="cpu")  # S^m as the graph stage builds it
     models = {"lightgcn": lambda tf: LightGCN(**data)}
-    models["mgcn"] = lambda tf: MGCN(**data, train_features=tf, knn_device="cpu")
-    models["egra"] = lambda tf: EGRA(**data, train_features=tf, knn_device="cpu", item_graph=_item_graph(I0))
+    models["mgcn"] = lambda tf: MGCN(**data, train_features=tf, modality_graphs=s_m)
+    models["egra"] = lambda tf: EGRA(
+        **data, train_features=tf, modality_graphs=s_m, item_graph=_item_graph(I0)
+    )
     rows = []
     for name, make in models.items():
         for tf in (True, False) if name != "lightgcn" else (False,):

@@ -29,6 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from egra.data.datamodule import MAX_CHUNK_SCORES
+from egra.graphs import modality_graphs
 from egra.models import BPRMF, EGRA, MGCN, LightGCN
 from egra.pipeline.io import git_revision
 from egra.training.module import RecommenderModule
@@ -63,11 +64,12 @@ def _item_graph(n: int, seed: int = 1) -> sp.csr_matrix:
 
 
 def models_on(data: dict) -> dict:
+    s_m = modality_graphs(data["features"], 10, device="cpu")  # S^m as the graph stage builds it
     torch.manual_seed(0)
     return {
         "lightgcn": LightGCN(**data),
-        "mgcn": MGCN(**data, knn_device="cpu"),
-        "egra": EGRA(**data, knn_device="cpu", item_graph=_item_graph(data["n_items"])),
+        "mgcn": MGCN(**data, modality_graphs=s_m),
+        "egra": EGRA(**data, modality_graphs=s_m, item_graph=_item_graph(data["n_items"])),
     }
 
 

@@ -7,16 +7,17 @@ pipeline code on it, stage by stage, exactly as ``egra.pipeline.train.run`` chai
 for EGRA, with the project's Hydra config (``conf/``, composed with the compose API):
 
 1. ``load`` — read and validate the folder (``RecDataModule``);
-2. ``pretrain_mgcn`` — ``egra.pipeline.pretrain.pretrain``: MGCN built (FAISS kNN
-   graphs of both modalities), trained one epoch (``backbones.mgcn.max_epochs=1``) with
-   its validation pass, then validated and tested at the best checkpoint, item vectors
-   exported as an artifact;
-3. ``spt_graph`` — ``egra.pipeline.graph.pretrained_item_graph``: the top-10 ``S^pt``
-   graph of the exported vectors (FAISS, exact flat search);
-4. ``egra_init`` — EGRA built on ``S^pt`` (enhanced adjacency; the modality graphs come
-   from the in-process cache filled by stage 2);
-5. ``egra_fit_eval`` — ``fit_and_evaluate``: one epoch (``trainer.max_epochs=1``) with
-   its validation, then valid and test at the best checkpoint.
+2. ``modality_graphs`` — ``egra.pipeline.graph.build_graphs``: the FAISS kNN graphs
+   ``S^m`` of both modalities (artifacts, shared by MGCN and EGRA);
+3. ``pretrain_mgcn`` — ``egra.pipeline.pretrain.pretrain``: MGCN built on them, trained
+   one epoch (``backbones.mgcn.max_epochs=1``) with its validation pass, then validated
+   and tested at the best checkpoint, item vectors exported as an artifact;
+4. ``spt_graph`` — ``egra.pipeline.graph.build_graphs``: the top-10 ``S^pt`` graph of the
+   exported vectors (FAISS, exact flat search; ``S^m`` reused from the cache);
+5. ``egra_init`` — EGRA built on ``S^m`` and ``S^pt`` (enhanced adjacency);
+6. ``egra_fit_eval`` — ``egra.pipeline.fit.fit`` + ``egra.pipeline.evaluate.evaluate``:
+   one epoch (``trainer.max_epochs=1``) with its validation, then valid and test at the
+   best checkpoint.
 
 Each stage reports wall and CPU seconds and its peak resident memory (the kernel's
 high-water mark, reset before the stage through ``/proc/self/clear_refs``). Training
@@ -219,9 +220,11 @@ def run_child(case: dict) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    import egra.pipeline.train as train_mod
-    from egra.pipeline.graph import pretrained_item_graph
-    from egra.pipeline.pretrain import pretrain
+    import egra.pipeline.fit as fit_mod
+    from egra.pipeline import evaluate as eval_mod
+    from egra.pipeline import graph as graph_mod
+    from egra.pipeline import load as load_mod
+    from egra.pipeline import pretrain as pre_mod
 
     work = Path(case["work_dir"])
     overrides = [
@@ -230,14 +233,12 @@ def run_child(case: dict) -> dict:
         f"data.root={case['data_dir']}",
         "data.require_features=true",
         "model=egra",
-        "model.knn_device=cpu",
-        "backbones.mgcn.model.knn_device=cpu",
         "backbones.mgcn.max_epochs=1",
         "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false",
         "logger=none",
         f"threads={case['threads']}",
-        "knn.device=cpu",
+        "graph.device=cpu",
         "skip_if_done=false",
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -290,8 +291,8 @@ def run_child(case: dict) -> dict:
         def on_test_end(self, trainer, pl_module) -> None:
             self._done(trainer)
 
-    original = train_mod._callbacks
-    train_mod._callbacks = lambda c: [*original(c), Timer()]
+    original = fit_mod._callbacks
+    fit_mod._callbacks = lambda c: [*original(c), Timer()]
 
     stages: list[dict] = []
     result: dict = {"load_1m_start": round(os.getloadavg()[0], 2)}
@@ -311,16 +312,27 @@ def run_child(case: dict) -> dict:
         print(f"  {name}: {rec['seconds']:.1f}s, peak {rec['peak_rss_mb']:.0f} MB", flush=True)
         return out
 
-    train_mod.setup_run(cfg)
-    dm = timed("load", lambda: train_mod.load_data(cfg))
+    load_mod.setup_run(cfg)
+    dm = timed("load", lambda: load_mod.load_data(cfg))
     result["data"] = dm.data.summary()
-    emb = timed("pretrain_mgcn", lambda: pretrain(cfg, dm, "mgcn"))
-    graph, info = timed("spt_graph", lambda: pretrained_item_graph(cfg, dm))
-    net = timed("egra_init", lambda: train_mod.build_net(cfg, dm, {"item_graph": graph}))
-    _, metrics = timed(
-        "egra_fit_eval", lambda: train_mod.fit_and_evaluate(cfg, dm, net, Path(cfg.paths.output_dir))
+    spec = graph_mod.GraphSpec.of(cfg.model)
+    bgraphs = timed(
+        "modality_graphs", lambda: graph_mod.build_graphs(cfg, dm, pre_mod.backbone_spec(cfg, "mgcn"))
     )
-    train_mod._callbacks = original
+    emb = timed("pretrain_mgcn", lambda: pre_mod.pretrain(cfg, dm, "mgcn", bgraphs))
+    graphs = timed("spt_graph", lambda: graph_mod.build_graphs(cfg, dm, spec, emb))
+    info = graphs.info
+    net = timed(
+        "egra_init",
+        lambda: fit_mod.build_net(graph_mod.constructor_config(cfg.model), dm, graphs.model_inputs()),
+    )
+
+    def fit_eval():
+        module = fit_mod.build_module(cfg, dm, net, graphs.names())
+        return eval_mod.evaluate(cfg, dm, fit_mod.fit(cfg, dm, module, Path(cfg.paths.output_dir)))
+
+    metrics = timed("egra_fit_eval", fit_eval)
+    fit_mod._callbacks = original
 
     backbone = emb.manifest.get("metrics") or {}
     result.update(
@@ -456,8 +468,8 @@ def main() -> None:
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "commit": git_revision(ROOT),
             "dirty": git_dirty(ROOT),
-            "pipeline": "egra.pipeline: pretrain(mgcn) -> pretrained_item_graph -> build_net -> fit_and_evaluate",
-            "overrides": "model=egra backbones.mgcn.max_epochs=1 trainer.max_epochs=1 knn.device=cpu logger=none",
+            "pipeline": "egra.pipeline: graph (S^m) -> pretrain(mgcn) -> graph (S^pt) -> build_net -> fit -> evaluate",
+            "overrides": "model=egra backbones.mgcn.max_epochs=1 trainer.max_epochs=1 graph.device=cpu logger=none",
         }
     )
     out.parent.mkdir(parents=True, exist_ok=True)

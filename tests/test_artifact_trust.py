@@ -25,28 +25,36 @@ def _edit_manifest(path, edit) -> None:
     (path / MANIFEST).write_text(json.dumps(manifest))
 
 
+def _pretrained_graph(cfg, dm):
+    """S^pt and the graph stage's info, as the train pipeline builds them."""
+    from egra.pipeline.graph import GraphSpec, build_graphs
+    from egra.pipeline.pretrain import pretrain
+
+    spec = GraphSpec.of(cfg.model)
+    graphs = build_graphs(cfg, dm, spec, pretrain(cfg, dm, spec.pretrained_source))
+    return graphs.pretrained, graphs.info
+
+
 def test_graph_metadata_comes_from_the_arrays_and_a_short_manifest_is_rebuilt(cfg_factory):
     from hydra.utils import instantiate
-
-    from egra.pipeline.graph import pretrained_item_graph
 
     cfg = cfg_factory(["model=egra", "model.graph_source=random", "model.k_pt=3"])
     dm = instantiate(cfg.data)
     dm.setup()
-    g, info = pretrained_item_graph(cfg, dm)
+    g, info = _pretrained_graph(cfg, dm)
     graph_dir = Path(info["graph_artifact"])
     _edit_manifest(graph_dir, lambda m: m.update(nnz=1))
-    _, again = pretrained_item_graph(cfg, dm)
+    _, again = _pretrained_graph(cfg, dm)
     assert again["graph_reused"] and again["graph_nnz"] == g.nnz != 1
 
     # A manifest that lost an entry (with a matching file list otherwise): rebuilt, no KeyError.
     _edit_manifest(graph_dir, lambda m: m["files"].pop("indptr"))
-    g2, rebuilt = pretrained_item_graph(cfg, dm)
+    g2, rebuilt = _pretrained_graph(cfg, dm)
     assert not rebuilt["graph_reused"] and (g2 != g).nnz == 0
 
     # Shapes that disagree with the arrays: rebuilt.
     _edit_manifest(graph_dir, lambda m: m["shapes"].update(indptr=[3]))
-    _, rebuilt = pretrained_item_graph(cfg, dm)
+    _, rebuilt = _pretrained_graph(cfg, dm)
     assert not rebuilt["graph_reused"]
 
 

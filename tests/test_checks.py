@@ -55,7 +55,8 @@ BAD_SETTINGS = [
     (["eval.ks=[5,10]"], "needs K=20 in eval.ks"),
     (["optim.optimizer.lr=0"], "optim.optimizer.lr=0: expected a number > 0"),
     (["callbacks.early_stopping.patience=0"], "callbacks.early_stopping.patience=0"),
-    (["knn.method=exact"], "knn.method='exact'"),
+    (["graph.method=exact"], "graph.method='exact'"),
+    (["graph.device=gpu0"], "graph.device='gpu0': expected auto, cpu, cuda or cuda:N"),
     (["threads=0"], "threads=0"),
     (["model=egra", "backbones.mgcn.max_epochs=0"], "backbones.mgcn.max_epochs=0"),
     (["model=egra", "backbones.mgcn.model.cl_loss=-1"], "backbones.mgcn.model.cl_loss=-1"),
@@ -135,17 +136,18 @@ def shared_root(tmp_path_factory):
 @pytest.fixture
 def no_training(monkeypatch):
     """Every stage that trains or builds raises: a case that reaches one fails the test."""
+    import egra.pipeline.fit as fit
     import egra.pipeline.graph as graph
     import egra.pipeline.pretrain as pretrain
-    import egra.pipeline.train as train
 
     def tripwire(*args, **kwargs):
         raise AssertionError("a stage started before the bad input was reported")
 
-    monkeypatch.setattr(train, "fit_and_evaluate", tripwire)
-    monkeypatch.setattr(train, "build_net", tripwire)
-    monkeypatch.setattr(graph, "pretrained_item_graph", tripwire)
+    monkeypatch.setattr(fit, "fit", tripwire)
+    monkeypatch.setattr(fit, "build_net", tripwire)
+    monkeypatch.setattr(graph, "build_graphs", tripwire)
     monkeypatch.setattr(pretrain, "pretrain", tripwire)
+    monkeypatch.setattr(pretrain, "build_graphs", tripwire)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
 
 

@@ -14,7 +14,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import OmegaConf
 
 from egra.data.datamodule import RecDataModule
-from egra.pipeline.train import build_module, build_net
+from egra.pipeline.fit import build_module, build_net
 
 
 def _trainer(**kw) -> L.Trainer:
@@ -37,7 +37,7 @@ def test_ddp_validation_equals_single_process(cfg_factory):
     L.seed_everything(0)
     dm = instantiate(cfg.data)
     dm.setup()
-    module = build_module(cfg, dm, build_net(cfg, dm))
+    module = build_module(cfg, dm, build_net(cfg.model, dm))
     # Train a little so the scores are not those of the initialisation.
     _trainer(max_epochs=2, devices=1).fit(module, datamodule=dm)
     state = {k: v.clone() for k, v in module.state_dict().items()}
@@ -103,7 +103,7 @@ def _test_single_and_ddp(cfg_factory, n_eval: int, group_of) -> tuple[dict, dict
     dm = FirstUsers(n_eval, **{**kw, "eval_batch_size": 1})
     dm.setup()
     L.seed_everything(0)
-    module = build_module(cfg, dm, build_net(cfg, dm))
+    module = build_module(cfg, dm, build_net(cfg.model, dm))
     module.item_groups = torch.as_tensor(group_of(dm), dtype=torch.long)
     state = {k: v.clone() for k, v in module.state_dict().items()}
     single = _trainer(devices=1).test(module, datamodule=dm, verbose=False)[0]

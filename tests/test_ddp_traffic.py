@@ -16,12 +16,14 @@ _spec.loader.exec_module(traffic)
 
 
 def test_gradient_bytes_scale_user_and_item_rows_and_skip_frozen_features():
+    from egra.graphs import modality_graphs
     from egra.models import MGCN
 
     data = traffic._toy(image_dim=12, text_dim=6)
+    graphs = modality_graphs(data["features"], 3, device="cpu")
     for train_features in (True, False):
         torch.manual_seed(0)
-        net = MGCN(**data, embedding_dim=8, knn_k=3, knn_device="cpu", train_features=train_features)
+        net = MGCN(**data, embedding_dim=8, modality_graphs=graphs, train_features=train_features)
         trainable = sum(p.numel() for p in net.parameters() if p.requires_grad) * 4
         assert traffic.gradient_bytes(net, traffic.U0, traffic.I0)["total"] == trainable
         big = traffic.gradient_bytes(net, 10 * traffic.U0, 10 * traffic.I0)

@@ -13,7 +13,7 @@ from egra.models import EGRA
 from egra.models.egra import entity_weights, weighted_nce
 from egra.models.losses import info_nce
 from egra.training.callbacks import AlignmentSchedule, lambda_at
-from tests.toy_models import toy_data, toy_item_graph
+from tests.toy_models import toy_data, toy_graphs, toy_item_graph
 
 
 def _batch(d, b=16, seed=0):
@@ -29,7 +29,7 @@ def _batch(d, b=16, seed=0):
 def test_every_parameter_gets_a_gradient(cross_pairs):
     d = toy_data()
     torch.manual_seed(0)
-    m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]), cross_pairs=cross_pairs)
+    m = EGRA(**d, **toy_graphs(d), item_graph=toy_item_graph(d["n_items"]), cross_pairs=cross_pairs)
     out = m.loss(*_batch(d))
     out["loss"].backward()
     for name, p in m.named_parameters():
@@ -41,7 +41,7 @@ def test_every_parameter_gets_a_gradient(cross_pairs):
 def test_lambda_zero_adds_nothing():
     d = toy_data()
     torch.manual_seed(0)
-    m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]))
+    m = EGRA(**d, **toy_graphs(d), item_graph=toy_item_graph(d["n_items"]))
     batch = _batch(d)
     m.align_weight = 0.0
     out0 = m.loss(*batch)
@@ -56,24 +56,24 @@ def test_empty_graph_or_beta_zero_equals_no_enhanced_graph():
     d = toy_data()
     outs = []
     for kwargs in (
-        {"item_graph": None, "graph_source": "none"},
+        {"item_graph": None},
         {"item_graph": sp.csr_matrix((d["n_items"], d["n_items"]), dtype=np.float32)},
         {"item_graph": toy_item_graph(d["n_items"]), "beta": 0.0},
     ):
         torch.manual_seed(0)
-        m = EGRA(**d, **kwargs)
+        m = EGRA(**d, **toy_graphs(d), **kwargs)
         outs.append(m.embeddings())
     for u, i in outs[1:]:
         assert torch.equal(u, outs[0][0]) and torch.equal(i, outs[0][1])
     torch.manual_seed(0)
-    enhanced = EGRA(**d, item_graph=toy_item_graph(d["n_items"])).embeddings()
+    enhanced = EGRA(**d, **toy_graphs(d), item_graph=toy_item_graph(d["n_items"])).embeddings()
     assert not torch.allclose(enhanced[1], outs[0][1])
 
 
 def test_enhanced_graph_is_normalised_bipartite_with_item_block():
     d = toy_data()
     g = toy_item_graph(d["n_items"])
-    m = EGRA(**d, item_graph=g, beta=0.5)
+    m = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.5)
     a = m.adj.a.to_dense().numpy()
     u = d["n_users"]
     r = np.zeros((u, d["n_items"]), dtype=np.float32)
@@ -145,7 +145,7 @@ def test_schedule_callback_sets_model_weight():
         current_epoch = 0
 
     d = toy_data()
-    net = EGRA(**d, item_graph=None, lambda_min=0.1, lambda_max=0.3, P=2)
+    net = EGRA(**d, **toy_graphs(d), item_graph=None, lambda_min=0.1, lambda_max=0.3, P=2)
     pl, tr = FakeModule(net), FakeTrainer()
     cb = AlignmentSchedule()
     seen = []
@@ -171,7 +171,7 @@ def test_separate_normalisation_keeps_user_item_weights(weighted):
     if weighted:  # similarity-weighted edges
         g.data = np.linspace(0.2, 1.0, g.nnz, dtype=np.float32)
         g = g.maximum(g.T).tocsr()
-    m = EGRA(**d, item_graph=g, beta=0.3, pt_norm="separate")
+    m = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.3, pt_norm="separate")
     a = m.adj.a.to_dense().numpy()
     u, n = d["n_users"], d["n_items"]
     r = np.zeros((u, n), dtype=np.float32)
@@ -180,9 +180,9 @@ def test_separate_normalisation_keeps_user_item_weights(weighted):
     expected[u:, u:] += 0.3 * _dense_norm(g.toarray())
     np.testing.assert_allclose(a, expected, rtol=1e-5, atol=1e-7)
     # The user-item block equals LightGCN's; the joint form shrinks it.
-    plain = EGRA(**d, item_graph=None).adj.a.to_dense().numpy()
+    plain = EGRA(**d, **toy_graphs(d), item_graph=None).adj.a.to_dense().numpy()
     np.testing.assert_allclose(a[:u, u:], plain[:u, u:], rtol=1e-6)
-    joint = EGRA(**d, item_graph=g, beta=0.3).adj.a.to_dense().numpy()
+    joint = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.3).adj.a.to_dense().numpy()
     assert (joint[:u, u:].sum() < plain[:u, u:].sum()) and joint[u:, u:].any()
 
 
@@ -192,7 +192,7 @@ def test_align_scale_chance_divides_by_log_batch():
     losses = {}
     for scale in ("raw", "chance"):
         torch.manual_seed(0)
-        m = EGRA(**d, item_graph=toy_item_graph(d["n_items"]), align_scale=scale)
+        m = EGRA(**d, **toy_graphs(d), item_graph=toy_item_graph(d["n_items"]), align_scale=scale)
         losses[scale] = m.loss(*batch)
     assert losses["chance"]["align"] == pytest.approx(float(losses["raw"]["align"]) / math.log(16), rel=1e-5)
     assert torch.allclose(losses["chance"]["bpr"], losses["raw"]["bpr"])
@@ -202,7 +202,7 @@ def test_align_views_per_modality_is_mean_of_modal_nces():
     d = toy_data()
     users, pos, neg = _batch(d)
     torch.manual_seed(0)
-    m = EGRA(**d, item_graph=None, align_views="per_modality", entity_weighting="uniform")
+    m = EGRA(**d, **toy_graphs(d), item_graph=None, align_views="per_modality", entity_weighting="uniform")
     out = m.loss(users, pos, neg)
     # Same numbers by hand: plain InfoNCE over batch positions, behavior view vs each E^m.
     v = m.views(torch.unique(users), torch.unique(torch.cat([pos, neg])))
@@ -217,9 +217,9 @@ def test_align_views_per_modality_is_mean_of_modal_nces():
         expected = expected + info_nce(eb[p], em[p], m.tau_i)
     assert float(out["align"]) == pytest.approx(float(expected.detach()) / len(m.modalities), rel=1e-4)
     with pytest.raises(ValueError, match="align_views"):
-        EGRA(**d, item_graph=None, align_views="nope")
+        EGRA(**d, **toy_graphs(d), item_graph=None, align_views="nope")
     with pytest.raises(ValueError, match="pt_norm"):
-        EGRA(**d, item_graph=None, pt_norm="nope")
+        EGRA(**d, **toy_graphs(d), item_graph=None, pt_norm="nope")
 
 
 def test_lambda_warmup_holds_zero_then_ramps():

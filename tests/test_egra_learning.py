@@ -13,7 +13,12 @@ from egra.data.synthetic import generate
 from egra.metrics.popularity import mostpop_metrics
 from egra.pipeline.train import run
 
-SMALL = ["model=egra", "data.preset=small", "model.graph_source=raw_features", "trainer.enable_progress_bar=false"]
+SMALL = [
+    "model=egra",
+    "data.preset=small",
+    "model.graph_source=raw_features",
+    "trainer.enable_progress_bar=false",
+]
 
 
 @pytest.fixture(scope="module")

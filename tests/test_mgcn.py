@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from egra.graphs import modality_graphs
 from egra.models import MGCN
 from egra.models.losses import info_nce, info_nce_counts
 
@@ -31,12 +32,12 @@ def data():
         "train_users": users,
         "train_items": items,
         "features": features,
+        "modality_graphs": modality_graphs(features, K, device="cpu"),
     }
 
 
 def make(data, **kw) -> MGCN:
     torch.manual_seed(0)
-    kw.setdefault("knn_k", K)
     kw.setdefault("embedding_dim", 8)
     return MGCN(**data, **kw)
 
@@ -93,7 +94,7 @@ def dense_forward(model: MGCN, data) -> dict[str, torch.Tensor]:
     r_hat = a[:nu, nu:]
     modal = {}
     for m in model.modalities:
-        s = torch.from_numpy(dense_knn(data["features"][m].astype(np.float64), model.knn_k))
+        s = torch.from_numpy(dense_knn(data["features"][m].astype(np.float64), K))
         f = lin(model.proj[m], f64(model.feature(m)))
         h = e_i * torch.sigmoid(lin(model.purifier[m], f))
         for _ in range(model.n_layers):
@@ -121,7 +122,7 @@ def test_shapes_and_defaults(data):
     assert u.shape == (N_USERS, 8) and i.shape == (N_ITEMS, 8)
     assert model.score(u, i, torch.tensor([0, 3])).shape == (2, N_ITEMS)
     m = MGCN(**data)
-    assert (m.embedding_dim, m.n_ui_layers, m.n_layers, m.knn_k) == (64, 2, 1, 10)
+    assert (m.embedding_dim, m.n_ui_layers, m.n_layers) == (64, 2, 1)
     assert (m.reg_weight, m.cl_loss, m.tau, m.reg_denominator, m.train_features) == (
         1e-4,
         0.01,
@@ -306,6 +307,14 @@ def test_bad_features(data):
         MGCN(**data, modalities=[])
 
 
+def test_missing_or_misshapen_modality_graph_is_an_error(data):
+    graphs = data["modality_graphs"]
+    with pytest.raises(ValueError, match=r"no kNN graph S_m for modalities \['text'\]"):
+        MGCN(**{**data, "modality_graphs": {"image": graphs["image"]}})
+    with pytest.raises(ValueError, match="has shape"):
+        MGCN(**{**data, "modality_graphs": {**graphs, "text": graphs["text"][:-1]}})
+
+
 def test_item_representations(data):
     model = make(data)
     v = model.views()
@@ -334,7 +343,7 @@ def test_overfits_tiny_data(data):
 def test_training_does_not_touch_callers_features(data):
     before = {m: x.copy() for m, x in data["features"].items()}
     t_text = torch.from_numpy(data["features"]["text"].copy())
-    model = MGCN(**{**data, "features": {**data["features"], "text": t_text}}, knn_k=K, embedding_dim=8)
+    model = MGCN(**{**data, "features": {**data["features"], "text": t_text}}, embedding_dim=8)
     with torch.no_grad():
         for m in model.modalities:
             model.feature(m).add_(1.0)

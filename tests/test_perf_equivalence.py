@@ -23,7 +23,7 @@ from egra.models.egra import weighted_nce
 from egra.models.lightgcn import BPRMF, propagate_mean
 from egra.models.losses import bpr_loss, info_nce, l2_squared
 from egra.models.mgcn import MGCN, _BlockedLinear, project
-from tests.toy_models import toy_data, toy_item_graph
+from tests.toy_models import toy_data, toy_graphs, toy_item_graph
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -249,13 +249,12 @@ def test_egra_distinct_row_loss_equals_per_position_reference(mode, cross_pairs,
     torch.manual_seed(0)
     model = EGRA(
         **d,
+        **toy_graphs(d, 4),
         item_graph=toy_item_graph(d["n_items"]),
         embedding_dim=8,
-        knn_k=4,
         entity_weighting=mode,
         cross_pairs=cross_pairs,
         tau_w=tau_w,
-        knn_device="cpu",
     )
     model.align_weight = 0.3
     batch = _batch_with_repeats(d["n_users"], d["n_items"])
@@ -279,7 +278,7 @@ def test_seeded_tiny_runs_match_reference_paths(cfg_factory, monkeypatch, model,
     """
     from egra.pipeline.train import run
 
-    over = [f"model={model}", "trainer.max_epochs=3", "backbones.mgcn.max_epochs=2", "knn.device=cpu"]
+    over = [f"model={model}", "trainer.max_epochs=3", "backbones.mgcn.max_epochs=2", "graph.device=cpu"]
     with monkeypatch.context() as mp:
         if subsets:
             mp.setattr(sparse_mod, "MAX_ROW_SUBSET", 1.0)
@@ -335,37 +334,6 @@ def test_blocked_truth_ranks_equal_topk_positions(block, monkeypatch):
     rows, items, ranks = module._truth_ranks(batch)
     assert len(rows) == len(t_rows) > 20
     assert torch.equal(ranks, position[rows, items])
-
-
-def test_modality_graphs_are_built_once_per_feature_table(monkeypatch):
-    """MGCN then EGRA on the same features (the pipeline's order) share the kNN graphs."""
-    import egra.models.mgcn as mgcn_mod
-    from egra.graphs.knn import knn_graph
-    from egra.models import MGCN
-
-    calls = []
-
-    def counting(x, k, **kw):
-        calls.append(x.shape)
-        return knn_graph(x, k, **kw)
-
-    monkeypatch.setattr(mgcn_mod, "knn_graph", counting)
-    monkeypatch.setattr(mgcn_mod, "_KNN_CACHE", type(mgcn_mod._KNN_CACHE)())
-    d = toy_data(seed=3)
-    a = MGCN(**d, knn_k=4, embedding_dim=8, knn_device="cpu")
-    b = EGRA(**d, item_graph=toy_item_graph(d["n_items"]), knn_k=4, embedding_dim=8, knn_device="cpu")
-    assert len(calls) == 2  # one per modality, not per model
-    for m in a.modalities:
-        assert torch.equal(a.item_graphs[m].a.to_dense(), b.item_graphs[m].a.to_dense())
-        want = knn_graph(np.asarray(d["features"][m], dtype=np.float32), 4, device="cpu")
-        assert (abs(a.item_graphs[m]._sp[np.dtype(np.float32)][0] - want) > 0).nnz == 0
-    changed = {**d, "features": {**d["features"], "text": d["features"]["text"] + 1.0}}
-    MGCN(**changed, knn_k=4, embedding_dim=8, knn_device="cpu")
-    assert len(calls) == 3  # the changed table only
-    approx = MGCN(**d, knn_k=4, embedding_dim=8, knn_device="cpu", knn_method="hnsw")
-    assert len(calls) == 5  # another search method is another graph
-    for m in approx.modalities:
-        assert approx.item_graphs[m].shape == (d["n_items"], d["n_items"])
 
 
 @pytest.mark.parametrize("max_subset", [0.0, 1.0])
@@ -473,7 +441,7 @@ def test_mgcn_batch_views_on_item_subsets(n_layers, monkeypatch):
     """MGCN's batch views computed on the items the batch reads equal those of whole item views."""
     d = toy_data(n_users=60, n_items=80)
     torch.manual_seed(0)
-    model = MGCN(**d, embedding_dim=8, knn_k=3, n_layers=n_layers, knn_device="cpu")
+    model = MGCN(**d, **toy_graphs(d, 3), embedding_dim=8, n_layers=n_layers)
     users, items = torch.tensor([4, 9, 9, 31]), torch.tensor([0, 77, 5, 5, 40])
     need = MGCN._batch_items(model, users, items)
     assert need is not None and len(need) < model.n_items  # a real subset

@@ -15,7 +15,7 @@ from egra.models import EGRA, MGCN, LightGCN
 from egra.models.losses import info_nce_counts
 from egra.models.mgcn import _BlockedLinear
 from egra.pipeline.train import run
-from tests.toy_models import toy_data, toy_item_graph
+from tests.toy_models import toy_data, toy_graphs, toy_item_graph
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
 
@@ -83,7 +83,7 @@ def test_model_losses_and_gradients_under_bf16_autocast(model):
     data = toy_data()
     kw = {"embedding_dim": 8}
     if model != "lightgcn":
-        kw.update(knn_k=3, knn_device="cpu")
+        kw.update(toy_graphs(data, k=3))
     if model == "egra":
         kw["item_graph"] = toy_item_graph(data["n_items"])
     cls = {"lightgcn": LightGCN, "mgcn": MGCN, "egra": EGRA}[model]

@@ -91,11 +91,11 @@ def test_sweep_rerun_with_a_changed_grid_reruns_changed_jobs(tmp_path, capsys):
 
 
 def test_resume_refuses_another_model_before_any_stage(cfg_factory, monkeypatch):
-    import egra.pipeline.train as train_mod
+    import egra.pipeline.load as load_mod
     from egra.pipeline.checks import ConfigError
 
     run(cfg_factory(["trainer.max_epochs=1"]))
-    monkeypatch.setattr(train_mod, "load_data", lambda cfg: pytest.fail("a stage started"))
+    monkeypatch.setattr(load_mod, "load_data", lambda cfg: pytest.fail("a stage started"))
     with pytest.raises(
         ConfigError, match=r"ckpt_path=last: .*last.ckpt belongs to another run \(model.n_layers: 2 -> 3\)"
     ):

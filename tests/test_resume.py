@@ -97,10 +97,10 @@ def test_skip_if_done_does_not_skip_a_resume(cfg_factory, monkeypatch):
     first = run(cfg)
     assert run(cfg) == first  # skipped: same dict, read back
     calls = []
-    import egra.pipeline.train as train_mod
+    import egra.pipeline.fit as fit_mod
 
-    real = train_mod.fit_and_evaluate
-    monkeypatch.setattr(train_mod, "fit_and_evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fit_mod.fit
+    monkeypatch.setattr(fit_mod, "fit", lambda *a, **k: calls.append(1) or real(*a, **k))
     run(cfg_factory(["model=bpr", "trainer.max_epochs=2", "ckpt_path=last"]))
     assert calls == [1]
 
@@ -143,7 +143,7 @@ def test_killed_backbone_pretraining_resumes_from_its_checkpoint(cfg_factory, ca
     (work,) = (Path(cfg_factory(base, sub="killed").paths.artifact_dir) / "embeddings").glob(".*.work")
     assert (work / "checkpoints" / "last.ckpt").is_file()
 
-    with caplog.at_level(logging.INFO, logger="egra.pipeline.train"):
+    with caplog.at_level(logging.INFO, logger="egra.pipeline.fit"):
         resumed = run(cfg_factory(base, sub="killed"))
     assert f"resuming from {work / 'checkpoints' / 'last.ckpt'}" in caplog.text
     assert not work.exists()  # the artifact is complete: its work dir is gone

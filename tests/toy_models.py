@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from egra.graphs import modality_graphs
+
 
 def toy_data(seed: int = 0, n_users: int = 30, n_items: int = 20) -> dict:
     """Constructor arguments of a recommender: 4 distinct train items per user, 2 modalities."""
@@ -29,3 +31,8 @@ def toy_item_graph(n_items: int, seed: int = 1) -> sp.csr_matrix:
     g = sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=(n_items, n_items))
     g.data[:] = 1.0
     return g.maximum(g.T).tocsr()
+
+
+def toy_graphs(d: dict, k: int = 10) -> dict:
+    """MGCN/EGRA's graph argument for ``toy_data`` (what the pipeline's graph stage builds)."""
+    return {"modality_graphs": modality_graphs(d["features"], k, device="cpu")}

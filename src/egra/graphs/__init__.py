@@ -9,7 +9,15 @@ from egra.graphs.adjacency import (
     sym_normalize,
     user_item_block,
 )
-from egra.graphs.knn import graph_stats, knn_graph, knn_graph_preset, topk_neighbors
+from egra.graphs.knn import (
+    graph_digest,
+    graph_stats,
+    knn_graph,
+    knn_graph_preset,
+    modality_graphs,
+    rank_device,
+    topk_neighbors,
+)
 from egra.graphs.sparse import SparseOp, scipy_to_torch_csr
 
 __all__ = [
@@ -17,9 +25,12 @@ __all__ = [
     "SparseOp",
     "bipartite_adjacency",
     "enhanced_adjacency",
+    "graph_digest",
     "graph_stats",
     "knn_graph",
     "knn_graph_preset",
+    "modality_graphs",
+    "rank_device",
     "topk_neighbors",
     "interaction_matrix",
     "normalized_bipartite",

@@ -43,6 +43,7 @@ Conventions worth knowing:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -229,6 +230,28 @@ def build_index(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     _validate_finite(x, chunk_size)
     gpu = _resolve_device(device, method)
+    if gpu is not None:
+        try:
+            return _build_index(
+                x, method, gpu, chunk_size, nlist, nprobe, hnsw_m, ef_search, ef_construction, seed
+            )
+        except RuntimeError as err:
+            log.warning("FAISS GPU index on cuda:%d failed (%s); building the index on the CPU", gpu, err)
+    return _build_index(x, method, None, chunk_size, nlist, nprobe, hnsw_m, ef_search, ef_construction, seed)
+
+
+def _build_index(
+    x: np.ndarray,
+    method: str,
+    gpu: int | None,
+    chunk_size: int,
+    nlist: int | None,
+    nprobe: int,
+    hnsw_m: int,
+    ef_search: int,
+    ef_construction: int,
+    seed: int,
+) -> KnnIndex:
     n, d = x.shape
     t0 = time.perf_counter()
     res = faiss.StandardGpuResources() if gpu is not None else None
@@ -479,7 +502,16 @@ def _search(x: Any, k: int, *, exclude_self: bool, chunk_size: int, **build_kwar
     _check_k(k, x.shape[0], exclude_self)
     index = build_index(x, chunk_size=chunk_size, **build_kwargs)
     t0 = time.perf_counter()
-    idx, sim = search_index(index, x, k, exclude_self=exclude_self, chunk_size=chunk_size)
+    try:
+        idx, sim = search_index(index, x, k, exclude_self=exclude_self, chunk_size=chunk_size)
+    except RuntimeError as err:
+        if index.device == "cpu":
+            raise
+        # A GPU index can fail where the CPU one cannot (out of GPU memory, a driver
+        # mismatch): the graph is the same either way, so build it on the CPU.
+        log.warning("FAISS GPU index on %s failed (%s); building the graph on the CPU", index.device, err)
+        index = build_index(x, chunk_size=chunk_size, **{**build_kwargs, "device": "cpu"})
+        idx, sim = search_index(index, x, k, exclude_self=exclude_self, chunk_size=chunk_size)
     log.debug(
         "top-%d %s (%s): N=%d d=%d, build %.2fs, search %.2fs",
         k,
@@ -561,6 +593,50 @@ def knn_graph_preset(x: np.ndarray, k: int, preset: str = "mgcn", **overrides: A
     if preset not in KNN_GRAPH_PRESETS:
         raise ValueError(f"unknown kNN graph preset {preset!r}; choose from {sorted(KNN_GRAPH_PRESETS)}")
     return knn_graph(x, k, **{**KNN_GRAPH_PRESETS[preset], **overrides})
+
+
+def modality_graphs(
+    features: Mapping[str, Any], k: int, modalities: Any = None, **search: Any
+) -> dict[str, sp.csr_matrix]:
+    """MGCN's (and EGRA's) fixed modality graphs ``S^m``: :data:`MGCN_MODALITY_GRAPH` of
+    each float32 feature table, top-``k`` including the item itself.
+
+    ``modalities`` defaults to the sorted keys of ``features``; ``search`` holds
+    ``method``, ``device`` and the options of :func:`topk_neighbors`.
+    """
+    names = sorted(features) if modalities is None else list(modalities)
+    return {
+        m: knn_graph(np.asarray(features[m], dtype=np.float32), k, **MGCN_MODALITY_GRAPH, **search)
+        for m in names
+    }
+
+
+def graph_digest(a: sp.spmatrix) -> str:
+    """sha256 of a sparse graph's content (shape, CSR structure and float32 weights).
+
+    Equal for equal graphs whatever their dtype or format on the way in, so a checkpoint
+    can name the graphs it was trained on and a later load can check it gets the same.
+    """
+    c = sp.csr_matrix(a, dtype=np.float32, copy=True)  # canonicalised below, not the caller's
+    c.sum_duplicates()
+    c.sort_indices()
+    h = hashlib.sha256(f"{c.shape[0]}x{c.shape[1]}".encode())
+    for arr in (c.indptr.astype(np.int64), c.indices.astype(np.int64), c.data.astype(np.float32)):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def rank_device(device: str, local_rank: int) -> str:
+    """The FAISS device of one process of a multi-process job.
+
+    ``"auto"`` becomes the process's own GPU (``cuda:<local_rank mod visible GPUs>``) when
+    FAISS has GPUs, else ``"cpu"``; anything else is an explicit choice and stays as is.
+    Without this every rank of a node would build on GPU 0.
+    """
+    if str(device).lower() != "auto":
+        return str(device)
+    n = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
+    return f"cuda:{int(local_rank) % n}" if n > 0 else "cpu"
 
 
 def graph_stats(a: sp.spmatrix) -> dict[str, Any]:

@@ -99,8 +99,8 @@ class EGRA(MGCN):
     """EGRA on top of MGCN's modality encoders and fuser (see module docstring).
 
     ``item_graph`` is ``S^pt`` (``[I, I]`` sparse, unnormalised) or None for EGRA without
-    the enhanced graph. ``graph_source``, ``k_pt``, ``pt_symmetric``, ``pt_weighted`` say how
-    the pipeline built it; they are recorded here so a checkpoint's config is complete.
+    the enhanced graph; ``modality_graphs`` are the raw-feature graphs ``S^m`` (as MGCN's).
+    Both are built by the pipeline's graph stage; checkpoints name them by content.
     """
 
     def __init__(
@@ -111,11 +111,11 @@ class EGRA(MGCN):
         train_users: np.ndarray,
         train_items: np.ndarray,
         features: Mapping[str, np.ndarray | Tensor] | None = None,
+        modality_graphs: Mapping[str, sp.spmatrix] | None = None,
         item_graph: sp.spmatrix | None = None,
         embedding_dim: int = 64,
         n_behavior_layers: int = 2,
         n_modality_layers: int = 1,
-        knn_k: int = 10,
         beta: float = 1.0,
         lambda_min: float = 0.001,
         lambda_max: float = 0.1,
@@ -134,12 +134,6 @@ class EGRA(MGCN):
         reg_denominator: float = 2048,
         train_features: bool = True,
         modalities: Sequence[str] | None = None,
-        knn_device: str = "auto",
-        knn_method: str = "flat",
-        graph_source: str = "mgcn",
-        k_pt: int = 10,
-        pt_symmetric: bool = True,
-        pt_weighted: bool = False,
     ):
         super().__init__(
             n_users=n_users,
@@ -147,17 +141,15 @@ class EGRA(MGCN):
             train_users=train_users,
             train_items=train_items,
             features=features,
+            modality_graphs=modality_graphs,
             embedding_dim=embedding_dim,
             n_ui_layers=n_behavior_layers,
             n_layers=n_modality_layers,
-            knn_k=knn_k,
             reg_weight=reg_weight,
             cl_loss=0.0,
             reg_denominator=reg_denominator,
             train_features=train_features,
             modalities=modalities,
-            knn_device=knn_device,
-            knn_method=knn_method,
         )
         if entity_weighting not in WEIGHTING_MODES:
             raise ValueError(f"entity_weighting must be one of {WEIGHTING_MODES}, got {entity_weighting!r}")
@@ -184,8 +176,6 @@ class EGRA(MGCN):
         self.tau_u, self.tau_i, self.tau_w = float(tau_u), float(tau_i), float(tau_w)
         self.entity_weighting = entity_weighting
         self.cross_pairs = bool(cross_pairs)
-        self.graph_source, self.k_pt = graph_source, int(k_pt)
-        self.pt_symmetric, self.pt_weighted = bool(pt_symmetric), bool(pt_weighted)
         #: λ(t), set at every epoch start by the schedule callback; λ_max until then.
         self.align_weight = self.lambda_max
         self.has_item_graph = item_graph is not None and self.beta != 0 and sp.csr_matrix(item_graph).nnz > 0

@@ -18,8 +18,6 @@ Loss: BPR on ``Z`` + ``reg_weight · ½ Σ‖Z rows‖² / reg_denominator`` + `
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -31,7 +29,6 @@ from torch import Tensor, nn
 
 from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite, sparse, user_item_block
 from egra.graphs.dense import mm as dense_mm
-from egra.graphs.knn import knn_graph
 from egra.models.base import Recommender
 from egra.models.lightgcn import propagate_mean
 from egra.models.losses import bpr_loss, info_nce_counts, l2_squared
@@ -113,32 +110,6 @@ def project(layer: nn.Linear, x: Tensor) -> Tensor:
     return _BlockedLinear.apply(x.contiguous(), layer.weight, layer.bias)
 
 
-# Modality kNN graphs by feature content: the pipeline builds MGCN (pretraining) and then
-# EGRA on the same features in one process, and the graph is the costliest part of
-# either constructor (O(I²·d) for the exact search). A few entries of O(I·k) each.
-_KNN_CACHE: OrderedDict[tuple, sp.csr_matrix] = OrderedDict()
-_KNN_CACHE_SIZE = 4
-
-
-def modality_graph(x: np.ndarray, k: int, device: str = "auto", method: str = "flat") -> sp.csr_matrix:
-    """``knn_graph(x, k, method=method, device=device)`` (MGCN's modality graph), memoised.
-
-    The key is a hash of the features' bytes with their shape, ``k``, ``method`` and
-    ``device``: the same features give a copy of the same graph, any change builds anew.
-    """
-    x = np.ascontiguousarray(x)
-    digest = hashlib.blake2b(memoryview(x).cast("B"), digest_size=16).hexdigest()
-    key = (digest, x.shape, str(x.dtype), int(k), str(method), str(device))
-    if key in _KNN_CACHE:
-        _KNN_CACHE.move_to_end(key)
-        return _KNN_CACHE[key].copy()
-    graph = knn_graph(x, k, method=method, device=device)
-    _KNN_CACHE[key] = graph
-    while len(_KNN_CACHE) > _KNN_CACHE_SIZE:
-        _KNN_CACHE.popitem(last=False)
-    return graph.copy()
-
-
 def _as_float_tensor(x) -> Tensor:
     """A float32 copy that owns its memory (training must not write into the caller's array)."""
     if isinstance(x, Tensor):
@@ -153,9 +124,9 @@ class MGCN(Recommender):
     fuser then has a single attention weight of 1 and ``S = H_c / 2``).
     With ``train_features=True`` (MMRec's behaviour) the raw feature tables are
     parameters ``feat_<m>``; otherwise they are non-persistent buffers.
-    The kNN graphs are built once from the initial features and stay fixed: exact top-k
-    by default (``knn_method="flat"``, as MMRec); ``"ivf"`` / ``"hnsw"`` search
-    approximately in sub-quadratic time for large catalogs (see ``egra.graphs.knn``).
+    ``modality_graphs`` are the fixed, normalised item-item kNN graphs ``S_m`` of the raw
+    features, one per modality (``egra.graphs.modality_graphs``; the pipeline's graph
+    stage builds and caches them). The model never searches neighbours itself.
     """
 
     VIEWS = ("fused", "id", "modality")
@@ -168,18 +139,16 @@ class MGCN(Recommender):
         train_users: np.ndarray,
         train_items: np.ndarray,
         features: Mapping[str, np.ndarray | Tensor] | None = None,
+        modality_graphs: Mapping[str, sp.spmatrix] | None = None,
         embedding_dim: int = 64,
         n_ui_layers: int = 2,
         n_layers: int = 1,
-        knn_k: int = 10,
         reg_weight: float = 1e-4,
         cl_loss: float = 0.01,
         tau: float = 0.2,
         reg_denominator: float = 2048,
         train_features: bool = True,
         modalities: Sequence[str] | None = None,
-        knn_device: str = "auto",
-        knn_method: str = "flat",
     ):
         super().__init__()
         if not features:
@@ -192,11 +161,16 @@ class MGCN(Recommender):
         missing = [m for m in modalities if m not in features]
         if missing:
             raise ValueError(f"modalities {missing} not in features (have {sorted(features)})")
+        no_graph = [m for m in modalities if m not in (modality_graphs or {})]
+        if no_graph:
+            raise ValueError(
+                f"no kNN graph S_m for modalities {no_graph} in `modality_graphs`: "
+                "build them with egra.graphs.modality_graphs(features, k)"
+            )
 
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.embedding_dim = embedding_dim
         self.n_ui_layers, self.n_layers = n_ui_layers, n_layers
-        self.knn_k = knn_k
         self.reg_weight, self.cl_loss, self.tau = reg_weight, cl_loss, tau
         self.reg_denominator = float(reg_denominator)
         self.train_features = train_features
@@ -220,7 +194,11 @@ class MGCN(Recommender):
             x = _as_float_tensor(features[m])
             if x.ndim != 2 or x.shape[0] != self.n_items:
                 raise ValueError(f"features[{m!r}] has shape {tuple(x.shape)}, expected ({self.n_items}, d)")
-            graph = modality_graph(x.numpy(), knn_k, device=knn_device, method=knn_method)
+            graph = sp.csr_matrix(modality_graphs[m], dtype=np.float32)
+            if graph.shape != (self.n_items, self.n_items):
+                raise ValueError(
+                    f"modality_graphs[{m!r}] has shape {graph.shape}, expected ({self.n_items},) * 2"
+                )
             self.item_graphs[m] = SparseOp(graph)
             if train_features:
                 self.register_parameter(f"feat_{m}", nn.Parameter(x))

@@ -6,7 +6,18 @@ fingerprint + the producing config), so identical inputs reuse it and a changed 
 gets a new key. The manifest lists every file with its sha256; an artifact whose
 manifest is missing, unreadable or does not match its files is treated as absent and
 rebuilt, so a run killed mid-write can never leave something a later run would trust.
-Arrays are loaded with ``allow_pickle=False``.
+Arrays are loaded with ``allow_pickle=False``. An artifact is written into a hidden
+temporary directory and renamed into place, so no reader ever sees half of one.
+
+Several processes may want one artifact: parallel sweep jobs, and the ranks of a DDP job,
+which all run the whole pipeline (see ``egra.pipeline.dist``). :meth:`ArtifactCache.get_or_build`
+serves builds that run in one process: with a process group, rank 0 builds (under the file
+lock, for other jobs) while the other ranks wait at a barrier and then read it; without
+one, whoever takes the file lock first builds and the others reuse. A build that itself
+runs a DDP fit (a backbone trained on every rank) goes through ``collective=True``: every
+rank runs it, no lock is held across it (ranks joining the fit would wait on the lock
+forever), and rank 0 alone writes. A rank that cannot see what rank 0 wrote stops with
+:class:`NotSharedError`.
 """
 
 from __future__ import annotations
@@ -15,7 +26,9 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,10 +37,16 @@ from typing import Any
 
 import numpy as np
 
+from egra.pipeline import dist
 from egra.pipeline.io import atomic_write_bytes, write_json
 
 log = logging.getLogger(__name__)
+Builder = Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, Any]]]
 MANIFEST = "manifest.json"
+
+
+class NotSharedError(RuntimeError):
+    """A rank cannot see an artifact rank 0 wrote: the artifact directory is not shared."""
 
 
 def artifact_key(**parts: Any) -> str:
@@ -111,13 +130,12 @@ class ArtifactCache:
 
     def put(self, kind: str, key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Artifact:
         path = self.path(kind, key)
-        if path.exists():
-            shutil.rmtree(path)  # invalid leftovers: rebuild from scratch
-        path.mkdir(parents=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{key}.tmp-"))
         files = {}
         for name, arr in arrays.items():
-            _save_npy(path / f"{name}.npy", arr)
-            files[name] = _sha256(path / f"{name}.npy")
+            _save_npy(tmp / f"{name}.npy", arr)
+            files[name] = _sha256(tmp / f"{name}.npy")
         manifest = {
             "kind": kind,
             "key": key,
@@ -126,20 +144,37 @@ class ArtifactCache:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **dict(meta),
         }
-        write_json(path / MANIFEST, manifest)  # written last: its presence means "complete"
+        write_json(tmp / MANIFEST, manifest)  # written last: its presence means "complete"
+        if path.exists():
+            # Complete means holding every array this writer has: a copy that lost one is replaced.
+            theirs = validate(path, required=tuple(arrays))
+            if theirs is not None:
+                # Another writer finished first with the same key: same inputs, keep theirs.
+                shutil.rmtree(tmp, ignore_errors=True)
+                return Artifact(path, theirs, reused=False)
+            shutil.rmtree(path)  # invalid leftovers of a killed run
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            # A concurrent writer renamed its copy in between: keep theirs if it is complete.
+            shutil.rmtree(tmp, ignore_errors=True)
+            theirs = validate(path, required=tuple(arrays))
+            if theirs is None:
+                raise
+            return Artifact(path, theirs, reused=False)
         return Artifact(path, manifest, reused=False)
 
-    def get_or_build(
-        self,
-        kind: str,
-        key: str,
-        build: Callable[[], tuple[Mapping[str, np.ndarray], Mapping[str, Any]]],
-        required: Sequence[str] = (),
-    ) -> Artifact:
-        """The artifact ``kind/key`` (holding at least the ``required`` arrays), built if absent."""
+    def _build_and_put(self, kind: str, key: str, build: Builder) -> Artifact:
+        t0 = time.perf_counter()
+        arrays, meta = build()
+        art = self.put(kind, key, arrays, {**meta, "build_time_s": round(time.perf_counter() - t0, 3)})
+        log.info("wrote %s artifact %s in %.1fs", kind, art.path, time.perf_counter() - t0)
+        return art
+
+    def _locked(self, kind: str, key: str, build: Builder, required: Sequence[str] = ()) -> Artifact:
+        """Reuse or build under the artifact's file lock (one builder per key at a time)."""
         lock = self.root / kind / f".{key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
-        # One builder at a time (DDP ranks, parallel sweep jobs); the others then reuse it.
         with open(lock, "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -154,8 +189,56 @@ class ArtifactCache:
             if found is not None:
                 log.info("reusing %s artifact %s", kind, found.path)
                 return found
-            t0 = time.perf_counter()
-            arrays, meta = build()
-            art = self.put(kind, key, arrays, {**meta, "build_time_s": round(time.perf_counter() - t0, 3)})
-            log.info("wrote %s artifact %s in %.1fs", kind, art.path, time.perf_counter() - t0)
+            return self._build_and_put(kind, key, build)
+
+    def _written_by_rank_zero(
+        self, kind: str, key: str, art: Artifact | None, required: Sequence[str] = ()
+    ) -> Artifact:
+        """After the barrier that follows rank 0's write: rank 0's artifact on every rank."""
+        if dist.rank() == 0:
+            assert art is not None
             return art
+        found = self.get(kind, key, required)
+        if found is None:
+            raise NotSharedError(
+                f"rank {dist.rank()} cannot see the {kind} artifact {self.path(kind, key)} that rank 0 "
+                f"wrote: paths.artifact_dir ({self.root}) must be on a filesystem every rank shares "
+                "(multi-node: a shared network filesystem)"
+            )
+        return found
+
+    def get_or_build(
+        self,
+        kind: str,
+        key: str,
+        build: Builder,
+        required: Sequence[str] = (),
+        *,
+        collective: bool = False,
+    ) -> Artifact:
+        """The artifact ``kind/key`` (holding at least the ``required`` arrays), built by
+        ``build() -> (arrays, meta)`` when absent or incomplete.
+
+        ``collective=False``: ``build`` runs in one process. ``collective=True``: ``build``
+        contains collectives every rank must join (a DDP fit), so every rank runs it and
+        rank 0 writes the result. See the module docstring.
+        """
+        if collective:
+            found = self.get(kind, key, required)
+            if found is not None:
+                log.info("reusing %s artifact %s", kind, found.path)
+                return found
+            # No lock here: ranks that join the fit later would wait on it forever.
+            arrays, meta = build()
+            dist.check_same(key, f"the key of the {kind} artifact")
+            art = self.put(kind, key, arrays, meta) if dist.rank() == 0 else None
+            if art is not None:
+                log.info("wrote %s artifact %s", kind, art.path)
+            dist.barrier()
+            return self._written_by_rank_zero(kind, key, art, required)
+        if not dist.initialized():
+            return self._locked(kind, key, build, required)
+        dist.check_same(key, f"the key of the {kind} artifact")
+        art = self._locked(kind, key, build, required) if dist.rank() == 0 else None
+        dist.barrier()  # the others wait here while rank 0 builds
+        return self._written_by_rank_zero(kind, key, art, required)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from egra.data.synthetic import PRESETS
 from egra.graphs import PT_NORMS
 from egra.graphs.knn import METHODS as KNN_METHODS
 from egra.models.egra import ALIGN_SCALES, ALIGN_VIEWS, RAMPS, WEIGHTING_MODES
+from egra.pipeline.graph import GRAPH_KEYS
 
 
 class ConfigError(ValueError):
@@ -55,6 +57,7 @@ class Rule:
             "ints": "a non-empty list of integers",
             "strs": "a list of names",
             "pair": "a pair [factor, epochs] of positive numbers",
+            "device": "auto, cpu, cuda or cuda:N",
         }[self.kind]
         if self.choices is not None:
             what = "one of " + ", ".join(map(str, self.choices))
@@ -85,6 +88,8 @@ class Rule:
             return _is_seq(v) and all(isinstance(x, str) and x for x in v)
         if self.kind == "pair":
             return _is_seq(v) and len(v) == 2 and all(_is_num(x) and x > 0 for x in v)
+        if self.kind == "device":
+            return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v.lower()) is not None
         raise AssertionError(f"unknown rule kind {self.kind!r}")
 
     def _in_range(self, v: float) -> bool:
@@ -117,7 +122,6 @@ def Choice(*choices: Any, **kw: Any) -> Rule:  # noqa: N802
 
 BOOL = Rule("bool")
 
-KNN_DEVICES = ("auto", "cpu", "cuda")
 NO_GRAPH = "none"
 
 # Model keys by name, wherever they appear (cfg.model and backbones.<name>.model).
@@ -152,16 +156,23 @@ MODEL_RULES: dict[str, Rule] = {
     "k_pt": Int(ge=0),  # 0 only with graph_source=none (see _check_relations)
     "graph_source": Rule("str"),  # a backbone name or "none": checked against cfg.backbones
     "modalities": Rule("strs", optional=True),
-    "knn_device": Choice(*KNN_DEVICES),
-    "knn_method": Choice(*KNN_METHODS),
     "lr_decay": Rule("pair", optional=True),
 }
 
-# Keys of a model config the pipeline reads itself (training recipe, graph stage) and may
-# strip before calling the constructor: allowed even when the constructor lacks them.
-PIPELINE_MODEL_KEYS = ("lr_decay", "graph_source", "k_pt", "pt_symmetric", "pt_weighted")
+# Keys of a model config the pipeline reads itself (training recipe; the graph stage's
+# egra.pipeline.graph.GRAPH_KEYS) and strips before calling the constructor: allowed even
+# though the constructor lacks them.
+PIPELINE_MODEL_KEYS = ("lr_decay", *GRAPH_KEYS)
 # Constructor arguments the pipeline fills from the data and the graph stage.
-DATA_ARGUMENTS = ("n_users", "n_items", "train_users", "train_items", "features", "item_graph")
+DATA_ARGUMENTS = (
+    "n_users",
+    "n_items",
+    "train_users",
+    "train_items",
+    "features",
+    "modality_graphs",
+    "item_graph",
+)
 
 # Everything else, by dotted path; a missing key is skipped (configs may omit groups).
 RULES: dict[str, Rule] = {
@@ -191,9 +202,15 @@ RULES: dict[str, Rule] = {
     "callbacks.collapse_guard.bpr_tol": Num(ge=0),
     "callbacks.collapse_guard.min_steps": Int(ge=0),
     "callbacks.collapse_guard.mostpop": BOOL,
-    "knn.method": Choice(*KNN_METHODS),
-    "knn.device": Choice(*KNN_DEVICES),
-    "knn.chunk_size": Int(ge=1),
+    "graph.method": Choice(*KNN_METHODS),
+    "graph.device": Rule("device"),
+    "graph.chunk_size": Int(ge=1),
+    "graph.nlist": Int(ge=1, optional=True),
+    "graph.nprobe": Int(ge=1),
+    "graph.hnsw_m": Int(ge=1),
+    "graph.ef_search": Int(ge=1),
+    "graph.ef_construction": Int(ge=1),
+    "graph.seed": Int(),
     "skip_if_done": BOOL,
     "verbose": BOOL,
 }

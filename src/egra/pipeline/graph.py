@@ -1,25 +1,47 @@
-"""Stage 2 — the pretrained item-item graph ``S^pt`` from a backbone's item vectors.
+"""Stage: graph — every item-item graph a model trains on, built here and cached.
 
-FAISS top-``k_pt`` neighbours by cosine (self excluded), binary or cosine-weighted,
-symmetrised or directed (``egra-method.md``), cached as an artifact keyed by the
-embedding artifact and the graph parameters.
+* ``S^m``, one per modality: top-``knn_k`` cosine graph of the raw features, MGCN's
+  convention (``egra.graphs.modality_graphs``), for MGCN and EGRA;
+* ``S^pt``: top-``k_pt`` graph of a pretrained backbone's item vectors, self excluded,
+  binary or cosine-weighted, symmetrised or directed (``egra-method.md``), for EGRA's
+  enhanced behavior graph.
+
+Which graphs a model needs is said by its config (the method's names, :data:`GRAPH_KEYS`):
+``model.knn_k`` (``S^m``), ``model.graph_source``, ``model.k_pt``, ``model.pt_symmetric``,
+``model.pt_weighted`` (``S^pt``). They are read here and stripped before the model is
+built; every other model key is the model's. How the neighbours are searched (FAISS
+method, device, chunking) is the ``graph`` config group, read only by :func:`search_options`.
+
+Each graph is an artifact ``graphs/<key>/`` (CSR arrays + manifest) whose key hashes what
+determines its content: the dataset fingerprint or the embedding artifact, the graph's
+parameters and the search method (not the device). Models get the matrices; checkpoints
+get their names (:meth:`Graphs.names`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from egra.graphs.knn import knn_graph
-from egra.pipeline.cache import ArtifactCache, artifact_key
+from egra.graphs import graph_digest, knn_graph, modality_graphs, rank_device
+from egra.pipeline import dist
+from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
 
 log = logging.getLogger(__name__)
+
+#: The arrays of a graph artifact (CSR); an artifact whose manifest lacks one is rebuilt.
 GRAPH_FILES = ("data", "indices", "indptr")
+#: Model config keys that say which graphs to build (read here, never passed to a model).
+GRAPH_KEYS = ("knn_k", "graph_source", "k_pt", "pt_symmetric", "pt_weighted")
+#: Search methods that return the exact top-k: one artifact whichever of them built it.
+EXACT_METHODS = ("flat", "flat_sym")
 # Backbone metrics carried into the EGRA run's metrics.json (for side-by-side tables).
 BACKBONE_KEYS = (
     "valid/Recall@20",
@@ -28,84 +50,214 @@ BACKBONE_KEYS = (
 )
 
 
-def _to_csr(art, n: int) -> sp.csr_matrix:
-    a = art.arrays()
-    return sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(n, n))
+@dataclass(frozen=True)
+class GraphSpec:
+    """The graphs one model config asks for."""
 
+    knn_k: int | None = None  # S^m with this k, or none
+    source: str | None = None  # S^pt's backbone (graph_source), or None for models without S^pt
+    k_pt: int = 0
+    symmetric: bool = True
+    weighted: bool = False
+    modalities: tuple[str, ...] | None = None
 
-def build_item_graph(
-    items: np.ndarray, k: int, symmetric: bool, weighted: bool, knn: DictConfig | dict
-) -> sp.csr_matrix:
-    return knn_graph(
-        items,
-        k,
-        include_self=False,
-        symmetric=symmetric,
-        weighted=weighted,
-        normalization="none",  # normalised later, inside the enhanced graph
-        method=knn["method"],
-        device=knn["device"],
-        chunk_size=int(knn["chunk_size"]),
-    )
-
-
-def pretrained_item_graph(cfg: DictConfig, dm) -> tuple[sp.csr_matrix | None, dict[str, Any]]:
-    """``S^pt`` for EGRA (or None for ``graph_source=none``) and what was done, for metrics.json."""
-    m = cfg.model
-    source = str(m.graph_source)
-    if source == "none" or int(m.k_pt) == 0:
-        # k_pt=0 is refused by egra.pipeline.checks; a caller that skips the checks still gets
-        # metrics.json saying what was used: no S^pt.
-        return None, {"graph_source": "none"}
-    from egra.pipeline.pretrain import pretrain
-
-    t0 = time.perf_counter()
-    emb = pretrain(cfg, dm, source)
-    t_pre = time.perf_counter() - t0
-    params = {
-        "k": int(m.k_pt),
-        "symmetric": bool(m.pt_symmetric),
-        "weighted": bool(m.pt_weighted),
-        "method": str(cfg.knn.method),
-    }
-    key = artifact_key(embedding=emb.path.name, **params)
-    cache = ArtifactCache(cfg.paths.artifact_dir)
-
-    def build():
-        g = build_item_graph(
-            emb.array("items"), params["k"], params["symmetric"], params["weighted"], cfg.knn
+    @classmethod
+    def of(cls, model_cfg: DictConfig) -> GraphSpec:
+        m = model_cfg
+        mods = m.get("modalities")
+        return cls(
+            knn_k=int(m.knn_k) if m.get("knn_k") is not None else None,
+            source=str(m.graph_source) if "graph_source" in m else None,
+            k_pt=int(m.get("k_pt") or 0),
+            symmetric=bool(m.get("pt_symmetric", True)),
+            weighted=bool(m.get("pt_weighted", False)),
+            modalities=tuple(mods) if mods else None,
         )
-        arrays = {"data": g.data.astype(np.float32), "indices": g.indices, "indptr": g.indptr}
-        return arrays, {
-            "embedding_artifact": str(emb.path),
-            "n_items": g.shape[0],
-            "nnz": int(g.nnz),
-            **params,
+
+    @property
+    def pretrained_source(self) -> str | None:
+        """The backbone ``S^pt`` is built from, or None when no ``S^pt`` is wanted."""
+        return None if self.source in (None, "none") or self.k_pt == 0 else self.source
+
+
+def constructor_config(model_cfg: DictConfig) -> DictConfig:
+    """``model_cfg`` without :data:`GRAPH_KEYS`: new model keys pass through untouched."""
+    return OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k not in GRAPH_KEYS])
+
+
+@dataclass
+class Graphs:
+    """The graph stage's output for one model: matrices, artifact keys and stage info."""
+
+    spec: GraphSpec = field(default_factory=GraphSpec)
+    modality: dict[str, sp.csr_matrix] = field(default_factory=dict)
+    pretrained: sp.csr_matrix | None = None
+    artifacts: dict[str, str] = field(default_factory=dict)  # graph name -> artifact key
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def model_inputs(self) -> dict[str, Any]:
+        """Constructor arguments: ``modality_graphs`` (S^m) and/or ``item_graph`` (S^pt)."""
+        out: dict[str, Any] = {}
+        if self.spec.knn_k is not None:
+            out["modality_graphs"] = self.modality
+        if self.spec.source is not None:
+            out["item_graph"] = self.pretrained
+        return out
+
+    def matrices(self) -> dict[str, sp.csr_matrix]:
+        named = {f"S^m/{m}": g for m, g in self.modality.items()}
+        if self.pretrained is not None:
+            named["S^pt"] = self.pretrained
+        return named
+
+    def names(self) -> dict[str, dict[str, str]]:
+        """What a checkpoint records: each graph's artifact key and content sha256."""
+        return {
+            name: {"artifact": self.artifacts.get(name, ""), "sha256": graph_digest(g)}
+            for name, g in self.matrices().items()
         }
 
-    t1 = time.perf_counter()
-    art = cache.get_or_build("graphs", key, build, required=GRAPH_FILES)
-    t_graph = time.perf_counter() - t1
-    info = {
-        "graph_source": source,
-        "pretrain_artifact": str(emb.path),
-        "pretrain_reused": emb.reused,
-        "pretrain_s": round(t_pre, 3),
-        "graph_artifact": str(art.path),
-        "graph_reused": art.reused,
-        "graph_s": round(t_graph, 3),
-        "graph_nnz": int(len(art.array("indices"))),  # from the array, not the manifest's metadata
+
+def search_options(cfg: DictConfig) -> dict[str, Any]:
+    """Keyword arguments of ``egra.graphs.knn_graph`` from the ``graph`` config group.
+
+    ``device: auto`` is this process's own GPU (its local rank), never GPU 0 for all ranks.
+    """
+    g = cfg.graph
+    return {
+        "method": str(g.method),
+        "device": rank_device(str(g.device), dist.local_rank()),
+        "chunk_size": int(g.chunk_size),
+        "nlist": None if g.get("nlist") is None else int(g.nlist),
+        "nprobe": int(g.nprobe),
+        "hnsw_m": int(g.hnsw_m),
+        "ef_search": int(g.ef_search),
+        "ef_construction": int(g.ef_construction),
+        "seed": int(g.seed),
     }
-    bb = emb.manifest.get("metrics") or {}
-    for k in BACKBONE_KEYS:
-        if k in bb:
-            info[f"backbone/{k}"] = bb[k]
-    log.info(
-        "S^pt from %s: %d edges (%s %.1fs, graph %.1fs)",
-        source,
-        info["graph_nnz"],
-        "reused" if emb.reused else "trained",
-        t_pre,
-        t_graph,
-    )
-    return _to_csr(art, dm.data.n_items), info
+
+
+def _search_key(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """The search options that change a graph (device and chunking do not)."""
+    if opts["method"] in EXACT_METHODS:
+        return {"search": "exact"}
+    drop = ("device", "chunk_size")
+    return {"search": {k: v for k, v in opts.items() if k not in drop}}
+
+
+def _csr_arrays(g: sp.csr_matrix) -> dict[str, np.ndarray]:
+    g = sp.csr_matrix(g, dtype=np.float32)
+    return {"data": g.data, "indices": g.indices.astype(np.int64), "indptr": g.indptr.astype(np.int64)}
+
+
+def _to_csr(art: Artifact) -> sp.csr_matrix:
+    a = art.arrays()
+    n = tuple(art.manifest["graph_shape"])
+    return sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=n)
+
+
+def _cached_graph(cache: ArtifactCache, key: str, build, meta: dict[str, Any]) -> Artifact:
+    def build_arrays():
+        g = build()
+        return _csr_arrays(g), {**meta, "graph_shape": list(g.shape), "nnz": int(g.nnz)}
+
+    return cache.get_or_build("graphs", key, build_arrays, required=GRAPH_FILES)
+
+
+def modality_graph_set(
+    cfg: DictConfig, dm, spec: GraphSpec
+) -> tuple[dict[str, sp.csr_matrix], dict[str, str]]:
+    """``S^m`` for every modality the model uses, and their artifact keys."""
+    feats = dm.data.features
+    names = list(spec.modalities) if spec.modalities else sorted(feats)
+    opts = search_options(cfg)
+    cache = ArtifactCache(cfg.paths.artifact_dir)
+    fingerprint = dm.data.fingerprint()
+    graphs, keys = {}, {}
+    for m in names:
+        if m not in feats:
+            raise ValueError(f"modality {m!r} is not in the data's features {sorted(feats)}")
+        params = {"graph": "S^m", "modality": m, "k": spec.knn_k, "convention": "mgcn"}
+        key = artifact_key(dataset=fingerprint, **params, **_search_key(opts))
+        art = _cached_graph(
+            cache,
+            key,
+            lambda m=m: modality_graphs({m: feats[m]}, spec.knn_k, **opts)[m],
+            {**params, "dataset_fingerprint": fingerprint},
+        )
+        graphs[m], keys[f"S^m/{m}"] = _to_csr(art), key
+    return graphs, keys
+
+
+def pretrained_graph(cfg: DictConfig, spec: GraphSpec, emb: Artifact) -> tuple[sp.csr_matrix, Artifact]:
+    """``S^pt`` from the item vectors of the embedding artifact ``emb`` (unnormalised: it is
+    normalised as part of the enhanced adjacency)."""
+    opts = search_options(cfg)
+    params = {"k": spec.k_pt, "symmetric": spec.symmetric, "weighted": spec.weighted}
+    # The embedding's key from its directory name, not from its manifest's metadata.
+    key = artifact_key(embedding=emb.path.name, **params, **_search_key(opts))
+
+    def build() -> sp.csr_matrix:
+        return knn_graph(
+            emb.array("items"),
+            spec.k_pt,
+            include_self=False,
+            symmetric=spec.symmetric,
+            weighted=spec.weighted,
+            normalization="none",
+            **opts,
+        )
+
+    meta = {"graph": "S^pt", "embedding_artifact": str(emb.path), **params, "method": opts["method"]}
+    art = _cached_graph(ArtifactCache(cfg.paths.artifact_dir), key, build, meta)
+    return _to_csr(art), art
+
+
+def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None) -> Graphs:
+    """Every graph ``spec`` asks for: ``S^m`` from the features, ``S^pt`` from ``backbone``."""
+    out = Graphs(spec=spec)
+    if spec.knn_k is not None:
+        out.modality, keys = modality_graph_set(cfg, dm, spec)
+        out.artifacts.update(keys)
+    if spec.source is not None:
+        # k_pt=0 is refused by egra.pipeline.checks; a caller that skips the checks still gets
+        # metrics.json saying what was used: no S^pt.
+        out.info["graph_source"] = spec.source if spec.pretrained_source is not None else "none"
+    if spec.pretrained_source is not None:
+        if backbone is None:
+            raise ValueError(f"S^pt from {spec.pretrained_source!r} needs its pretrained embedding artifact")
+        t0 = time.perf_counter()
+        out.pretrained, art = pretrained_graph(cfg, spec, backbone)
+        out.artifacts["S^pt"] = art.path.name
+        out.info.update(
+            {
+                "graph_artifact": str(art.path),
+                "graph_reused": art.reused,
+                "graph_s": round(time.perf_counter() - t0, 3),
+                # from the array, not the manifest's metadata
+                "graph_nnz": int(len(art.array("indices"))),
+            }
+        )
+        bb = backbone.manifest.get("metrics") or {}
+        out.info.update({f"backbone/{k}": bb[k] for k in BACKBONE_KEYS if k in bb})
+        log.info("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
+    return out
+
+
+def load_named(artifact_dir: str, names: Mapping[str, Mapping[str, str]]) -> dict[str, sp.csr_matrix]:
+    """The graphs a checkpoint names (``checkpoint["egra_graphs"]``), read from the cache by
+    artifact key and checked against their sha256; a missing or different one is an error."""
+    cache = ArtifactCache(artifact_dir)
+    out = {}
+    for name, ref in names.items():
+        art = cache.get("graphs", ref["artifact"])
+        if art is None:
+            raise FileNotFoundError(
+                f"graph {name} (artifact {ref['artifact']}) that the checkpoint was trained on is not in "
+                f"{cache.path('graphs', ref['artifact'])}: rebuild it with the run's config or copy it there"
+            )
+        g = _to_csr(art)
+        if graph_digest(g) != ref["sha256"]:
+            raise ValueError(f"graph {name} in {art.path} differs from the one the checkpoint was trained on")
+        out[name] = g
+    return out

@@ -1,10 +1,15 @@
-"""Stage 1 — pretrain a backbone and export its item (and user) vectors as an artifact.
+"""Stage: pretrain — train a backbone and export its item (and user) vectors as an artifact.
 
-Backbones: ``mgcn`` / ``lightgcn`` (trained by the train stage, early-stopped on valid
-Recall@20, best-valid weights exported), ``raw_features`` (concatenated L2-normalised
-modality features) and ``random`` (the control). The artifact key hashes the dataset
-fingerprint and the backbone's resolved config, so a sweep of EGRA runs shares one
-pretrained backbone and a changed input never reuses a stale one.
+Backbones: ``mgcn`` / ``lightgcn`` (fitted like any model, ``egra.pipeline.fit``,
+early-stopped on valid Recall@20, best-valid weights exported), ``raw_features``
+(concatenated L2-normalised modality features) and ``random`` (the control). The artifact
+key hashes the dataset fingerprint, the backbone's resolved config, the graphs it trains on
+and how it is trained (optimizer, batch, early stopping, strategy and world size), so a
+sweep of EGRA runs shares one pretrained backbone and a changed input never reuses a
+stale one.
+
+Under a DDP launcher every rank runs this stage: a trained backbone is fitted by all ranks
+together and written by rank 0 (``ArtifactCache.get_or_build(collective=True)``).
 """
 
 from __future__ import annotations
@@ -18,9 +23,15 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from egra.pipeline import dist
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
 from egra.pipeline.checks import check_config, check_data
+from egra.pipeline.evaluate import evaluate
+from egra.pipeline.fit import build_module, build_net, fit
+from egra.pipeline.graph import Graphs, GraphSpec, build_graphs, constructor_config
 from egra.pipeline.history import resumable
+from egra.pipeline.load import load_data, setup_run
+from egra.pipeline.tables import metrics_table
 
 log = logging.getLogger(__name__)
 BACKBONES = ("mgcn", "lightgcn", "raw_features", "random")
@@ -36,7 +47,19 @@ def backbone_config(cfg: DictConfig, name: str) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.backbones[name], resolve=True)
 
 
-def _key(cfg: DictConfig, name: str, fingerprint: str) -> str:
+def backbone_spec(cfg: DictConfig, name: str) -> GraphSpec | None:
+    """The graphs a trained backbone's model needs (e.g. MGCN's ``S^m``), or None."""
+    bcfg = backbone_config(cfg, name)
+    return GraphSpec.of(cfg.backbones[name].model) if bcfg["kind"] == "trained" else None
+
+
+def _trainer_key(trainer: DictConfig) -> dict[str, Any]:
+    """How the backbone is trained beyond its config: a DDP fit on N ranks sees other batches."""
+    t = OmegaConf.to_container(trainer, resolve=True)
+    return {k: t.get(k) for k in ("strategy", "devices", "num_nodes", "accelerator", "precision")}
+
+
+def _key(cfg: DictConfig, name: str, fingerprint: str, graphs: Graphs | None = None) -> str:
     bcfg = backbone_config(cfg, name)
     parts: dict[str, Any] = {"backbone": name, "config": bcfg, "dataset": fingerprint}
     if bcfg["kind"] == "trained":
@@ -46,6 +69,8 @@ def _key(cfg: DictConfig, name: str, fingerprint: str) -> str:
         parts["patience"] = (
             OmegaConf.to_container(cfg.callbacks, resolve=True).get("early_stopping", {}).get("patience")
         )
+        parts["trainer"] = _trainer_key(cfg.trainer)
+        parts["graphs"] = dict(graphs.artifacts) if graphs is not None else {}
     return artifact_key(**parts)
 
 
@@ -61,9 +86,9 @@ def _raw_features(dm) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
-def _train_backbone(cfg: DictConfig, name: str, dm, work_dir) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    from egra.pipeline.train import build_net, fit_and_evaluate, setup_run
-
+def _train_backbone(
+    cfg: DictConfig, name: str, dm, graphs: Graphs, work_dir
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     bcfg = cfg.backbones[name]
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
@@ -73,16 +98,19 @@ def _train_backbone(cfg: DictConfig, name: str, dm, work_dir) -> tuple[dict[str,
         sub.seed = int(bcfg.seed)
         sub.paths.output_dir = str(work_dir)
         # The work dir is keyed like the artifact: its last.ckpt is this backbone's (issue 13 hook).
-        sub.ckpt_path = "last" if (work_dir / "checkpoints" / "last.ckpt").is_file() else None
+        sub.ckpt_path = "last" if resumable(work_dir) is not None else None
         sub.logger = {}  # the parent run's logger tracks the pipeline; keep this stage quiet
     setup_run(sub)
-    net = build_net(sub, dm)
-    module, metrics = fit_and_evaluate(sub, dm, net, work_dir)
+    net = build_net(constructor_config(sub.model), dm, graphs.model_inputs())
+    module = build_module(sub, dm, net, graphs.names())
+    fitted = fit(sub, dm, module, work_dir)
+    metrics = evaluate(sub, dm, fitted)
     if metrics.get("status") == "collapsed":
         # Never cache a collapsed backbone: S^pt from it would be noise for every later run.
         raise BackboneCollapsed(
             f"backbone {name} {metrics['collapse']} (set under backbones.{name}.model); no embeddings exported"
         )
+    module = fitted.module
     net = module.net.cpu()
     view = str(bcfg.export)
     if hasattr(net, "representations"):
@@ -95,13 +123,19 @@ def _train_backbone(cfg: DictConfig, name: str, dm, work_dir) -> tuple[dict[str,
     return arrays, {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
 
-def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
-    """Build (or reuse) the embedding artifact of backbone ``name`` on ``dm``'s dataset."""
-    name = name or str(cfg.backbone)
+def pretrain(cfg: DictConfig, dm, name: str, graphs: Graphs | None = None) -> Artifact:
+    """Build (or reuse) the embedding artifact of backbone ``name`` on ``dm``'s dataset.
+
+    ``graphs`` are the graphs the backbone's model trains on (graph stage, for
+    :func:`backbone_spec`); none for the untrained backbones.
+    """
     fingerprint = dm.data.fingerprint()
-    key = _key(cfg, name, fingerprint)
+    key = _key(cfg, name, fingerprint, graphs)
     cache = ArtifactCache(cfg.paths.artifact_dir)
     bcfg = backbone_config(cfg, name)
+    trained = bcfg["kind"] == "trained"
+    if trained and graphs is None:
+        raise ValueError(f"backbone {name}: a trained backbone needs its graphs (graph stage)")
 
     def build():
         t0 = time.perf_counter()
@@ -114,12 +148,15 @@ def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
                 {"items": rng.standard_normal((dm.data.n_items, int(bcfg["dim"]))).astype(np.float32)},
                 {},
             )
-        elif bcfg["kind"] == "trained":
+        elif trained:
             work = cache.path("embeddings", key).with_name(f".{key}.work")
-            if resumable(work) is None:  # issue 13 hook: a killed run's last.ckpt is resumed
+            # issue 13 hook: a killed run's last.ckpt is resumed, other leftovers are removed
+            if dist.rank() == 0 and resumable(work) is None:
                 shutil.rmtree(work, ignore_errors=True)  # leftovers of a killed run
-            arrays, extra = _train_backbone(cfg, name, dm, work)
-            shutil.rmtree(work, ignore_errors=True)  # checkpoints are not part of the artifact
+            arrays, extra = _train_backbone(cfg, name, dm, graphs, work)
+            dist.barrier()  # every rank is done with the fit's checkpoints
+            if dist.rank() == 0:
+                shutil.rmtree(work, ignore_errors=True)  # checkpoints are not part of the artifact
         else:
             raise ValueError(f"backbone {name}: unknown kind {bcfg['kind']!r}")
         meta = {
@@ -132,22 +169,25 @@ def pretrain(cfg: DictConfig, dm, name: str | None = None) -> Artifact:
         }
         return arrays, meta
 
-    return cache.get_or_build("embeddings", key, build, required=("items",))
+    # A trained backbone under a per-rank launcher is a DDP fit: every rank must take part.
+    collective = trained and dist.reruns_per_rank(cfg.trainer)
+    return cache.get_or_build("embeddings", key, build, required=("items",), collective=collective)
 
 
 def run(cfg: DictConfig) -> Artifact:
-    from egra.pipeline.train import load_data, setup_run
-
+    """``egra-pretrain``: load -> graphs of the backbone -> pretrain; print the artifact."""
     check_config(cfg)  # issue 13 hook: every setting checked before any stage
     setup_run(cfg)
     dm = load_data(cfg)
     check_data(cfg, dm)  # issue 13 hook
-    art = pretrain(cfg, dm)
+    name = str(cfg.backbone)
+    spec = backbone_spec(cfg, name)
+    graphs = build_graphs(cfg, dm, spec) if spec is not None else None
+    art = pretrain(cfg, dm, name, graphs)
     status = "reused" if art.reused else "wrote"
-    print(f"{status} {cfg.backbone} embeddings: {art.path}")
-    metrics = art.manifest.get("metrics") or {}
-    if metrics:
-        from egra.pipeline.tables import metrics_table
-
-        print(metrics_table(metrics, "test", tuple(cfg.eval.ks)))
+    if dist.rank() == 0:
+        print(f"{status} {cfg.backbone} embeddings: {art.path}")
+        metrics = art.manifest.get("metrics") or {}
+        if metrics:
+            print(metrics_table(metrics, "test", tuple(cfg.eval.ks)))
     return art

@@ -1,8 +1,14 @@
-"""Plain-text result tables for the terminal and Markdown reports."""
+"""Plain-text result tables for the terminal and Markdown reports, and the report stage of a run."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from egra.pipeline.io import write_json
 
 METRIC_ORDER = ("Recall", "NDCG", "Precision", "MAP", "Hit")
 
@@ -44,3 +50,21 @@ def side_by_side(metrics: Mapping[str, float], keys: Sequence[str] | None = None
         change = f"{(m - b) / b * 100:+.1f}%" if b else ""
         lines.append(f"{k:<{width}}{b:>10.4f}{m:>10.4f}{change:>9}")
     return "\n".join(lines)
+
+
+def report(cfg: DictConfig, metrics: Mapping[str, Any], out_dir: Path) -> Path:
+    """Stage: report — ``metrics.json`` and ``config_resolved.yaml`` in the run directory and
+    the tables on the terminal. Called on rank 0 only: one file, one table per run."""
+    metrics_path = out_dir / "metrics.json"
+    write_json(metrics_path, dict(metrics))
+    OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+    print(
+        f"\n{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']}, "
+        f"{metrics['fit_time_s']:.1f}s training"
+    )
+    print(metrics_table(metrics, "test", tuple(cfg.eval.ks)))
+    if any(k.startswith("backbone/") for k in metrics):
+        print(f"\n{metrics['model']} next to its backbone ({metrics['graph_source']}, pretrained):")
+        print(side_by_side(metrics))
+    print(f"results: {metrics_path}")
+    return metrics_path

@@ -17,7 +17,7 @@ mean loss, as on one device; logged training losses are row-weighted means over 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -58,7 +58,40 @@ def eval_keys(ks: Sequence[int], n_groups: int = 0, group_ks: Sequence[int] = ()
     return keys
 
 
+class GraphMismatchError(ValueError):
+    """A checkpoint was trained on other graphs than the model it is loaded into."""
+
+
+def check_graphs(
+    saved: Mapping[str, Mapping[str, str]] | None, have: Mapping[str, Mapping[str, str]]
+) -> None:
+    """Raise unless the graphs a checkpoint names (``saved``) are the model's (``have``).
+
+    Graphs are compared by content (sha256); ``saved`` None is a checkpoint from before
+    graphs were recorded, accepted as is.
+    """
+    if saved is None:
+        return
+    for name in sorted(set(saved) | set(have)):
+        if name not in have:
+            raise GraphMismatchError(
+                f"the checkpoint was trained on graph {name} (artifact {saved[name].get('artifact')}), "
+                "which this model does not have: build the model with the checkpoint's graph config"
+            )
+        if name not in saved:
+            raise GraphMismatchError(f"this model uses graph {name}, which the checkpoint was not trained on")
+        if saved[name]["sha256"] != have[name]["sha256"]:
+            raise GraphMismatchError(
+                f"graph {name} differs from the one the checkpoint was trained on (checkpoint: artifact "
+                f"{saved[name].get('artifact')}, sha256 {saved[name]['sha256'][:12]}; this model: artifact "
+                f"{have[name].get('artifact')}, sha256 {have[name]['sha256'][:12]})"
+            )
+
+
 class RecommenderModule(L.LightningModule):
+    """``graphs`` names the item-item graphs ``net`` was built on (name -> ``{"artifact": key,
+    "sha256": content digest}``); checkpoints carry them and loading one checks them."""
+
     def __init__(
         self,
         net: Recommender,
@@ -67,8 +100,10 @@ class RecommenderModule(L.LightningModule):
         ks: Sequence[int] = DEFAULT_KS,
         item_groups: Tensor | None = None,
         group_ks: Sequence[int] = (20,),
+        graphs: Mapping[str, Mapping[str, str]] | None = None,
     ):
         super().__init__()
+        self.graphs = {str(k): dict(v) for k, v in (graphs or {}).items()}
         self.net = net
         self.optimizer_factory = optimizer
         self.lr_decay = (float(lr_decay[0]), float(lr_decay[1]))
@@ -87,6 +122,7 @@ class RecommenderModule(L.LightningModule):
         self._sums: dict[str, Tensor] = {}
         self._train_sums: dict[str, Tensor] = {}
         self._train_rows = 0
+        self._prefix = "valid"  # the evaluation loop running ("valid" | "test"), set at its start
         self.per_user_test: dict[str, list[Tensor]] = {}
 
     # -- training --------------------------------------------------------------------------
@@ -294,8 +330,10 @@ class RecommenderModule(L.LightningModule):
     # -- checkpoint state -----------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["egra_best"] = {"epoch": self.best_epoch, "score": self.best_score}
+        checkpoint["egra_graphs"] = self.graphs
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_graphs(checkpoint.get("egra_graphs"), self.graphs)
         best = checkpoint.get("egra_best", {})
         self.best_epoch = int(best.get("epoch", -1))
         self.best_score = float(best.get("score", float("-inf")))

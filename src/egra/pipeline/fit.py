@@ -1,0 +1,138 @@
+"""Fitting shared by every stage that trains a model (the backbone in pretrain, the model in
+the train pipeline): model and LightningModule from config, a Lightning fit with early
+stopping and checkpoints. Evaluation on the best checkpoint is ``egra.pipeline.evaluate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from egra.metrics import popularity_groups
+from egra.pipeline.history import keep_csv_history
+from egra.training.callbacks import CollapseGuard, FitClock
+from egra.training.module import RecommenderModule
+
+log = logging.getLogger(__name__)
+
+# Keys of a model config that configure its training recipe, not its constructor.
+RECIPE_KEYS = ("lr_decay",)
+
+
+def lr_decay(cfg: DictConfig) -> tuple[float, float]:
+    """``optim.lr_decay`` if set, else the model's recipe (MGCN/EGRA: MMRec's [0.96, 50]), else constant."""
+    value = cfg.optim.get("lr_decay") or cfg.model.get("lr_decay") or (1.0, 50.0)
+    return float(value[0]), float(value[1])
+
+
+def build_net(model_cfg: DictConfig, dm, inputs: Mapping[str, Any] | None = None):
+    """The plain model: ``model_cfg`` (a ``_partial_`` constructor config) called with the
+    data's inputs and ``inputs`` (graphs from the graph stage)."""
+    ctor = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k not in RECIPE_KEYS])
+    factory = instantiate(ctor)
+    return factory(**dm.model_inputs(), **dict(inputs or {}))
+
+
+def build_module(
+    cfg: DictConfig, dm, net, graphs: Mapping[str, Mapping[str, str]] | None = None
+) -> RecommenderModule:
+    """The LightningModule around ``net``; ``graphs`` names the graphs it was built on
+    (``Graphs.names()``), recorded in and checked against its checkpoints."""
+    groups = popularity_groups(dm.data.item_train_counts(), int(cfg.eval.n_pop_groups))
+    return RecommenderModule(
+        net=net,
+        optimizer=instantiate(cfg.optim.optimizer),
+        lr_decay=lr_decay(cfg),
+        ks=tuple(cfg.eval.ks),
+        item_groups=torch.as_tensor(groups),
+        group_ks=tuple(cfg.eval.group_ks),
+        graphs=graphs,
+    )
+
+
+@dataclass
+class Fitted:
+    """What a fit leaves for evaluation."""
+
+    trainer: L.Trainer
+    module: RecommenderModule
+    best_path: str | None
+    best_epoch: int
+    epochs_run: int
+    fit_s: float
+    loggers: list = field(default_factory=list)
+    out_dir: Path | None = None  # the run directory (per-user test metrics go there)
+    collapse: str | None = None  # the collapse guard's reason when it stopped the fit
+
+
+def _callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
+    ]
+
+
+def _loggers(cfg: DictConfig) -> list:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None and "_target_" in c]
+
+
+def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt in (None, ""):
+        return None
+    if ckpt == "last":
+        last = out_dir / "checkpoints" / "last.ckpt"
+        if last.exists():
+            log.info("resuming from %s", last)
+            return str(last)
+        log.info("ckpt_path=last but %s does not exist yet: starting fresh", last)
+        return None
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file")
+    return str(ckpt)
+
+
+def _fit_summary(trainer: L.Trainer, module: RecommenderModule) -> tuple[int, int]:
+    """(best epoch, epochs run). Read from last.ckpt when there is one: with ``ddp_spawn``
+    the fit ran in child processes and only the weights came back to this one."""
+    cb = trainer.checkpoint_callback
+    last = None
+    if cb is not None and getattr(cb, "dirpath", None):
+        last = Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"
+    if last is not None and last.exists():
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        return int(ckpt.get("egra_best", {}).get("epoch", -1)), int(ckpt["epoch"]) + 1
+    return module.best_epoch, int(trainer.current_epoch)
+
+
+def fit(cfg: DictConfig, dm, module: RecommenderModule, out_dir: Path) -> Fitted:
+    """Train ``module`` with ``cfg.trainer``, its callbacks (early stopping, checkpoints
+    under ``out_dir``) and loggers; resume from ``cfg.ckpt_path`` when set."""
+    t_start = time.perf_counter()
+    clock = FitClock()  # issue 13 hook: fit_time_s adds up across resumes
+    loggers = _loggers(cfg)
+    ckpt_path = resolve_ckpt(cfg, out_dir)
+    keep_csv_history(loggers, ckpt_path)  # issue 13 hook: the curve before a kill stays
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=[*_callbacks(cfg), clock], logger=loggers or False
+    )
+    for lg in loggers:
+        lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    fit_s = clock.before_s + time.perf_counter() - t_start
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None and ckpt_cb.best_model_path else None
+    best_epoch, epochs_run = _fit_summary(trainer, module)
+    # Read now: evaluating the best checkpoint restores the callbacks' state of that (earlier)
+    # epoch, which predates a collapse.
+    guard = next((c for c in trainer.callbacks if isinstance(c, CollapseGuard)), None)
+    collapse = guard.reason if guard is not None else None
+    return Fitted(trainer, module, best, int(best_epoch), epochs_run, fit_s, loggers, Path(out_dir), collapse)
