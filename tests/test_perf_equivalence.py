@@ -9,6 +9,8 @@ the fast paths and once with every reference patched in, and asks for the same m
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -67,23 +69,31 @@ def ref_egra_loss(self: EGRA, users, pos, neg):
     total = bpr + reg
     lam = float(self.align_weight)
     if lam != 0.0:
-        eb, emm = v.content, v.side
+        eb = v.content
+        targets = [v.side] if self.align_views == "fused" else [v.modal[m] for m in self.modalities]
         mode, tw = self.entity_weighting, self.tau_w
-        l_u, w_u, a_u = weighted_nce(eb[:b], emm[:b], self.tau_u, mode, tw)
-        l_i, w_i, a_i = weighted_nce(eb[b : 2 * b], emm[b : 2 * b], self.tau_i, mode, tw)
-        align = l_u + l_i
+        align, ws, degrees = 0.0, [], []
+        for emm in targets:
+            l_u, w_u, a_u = weighted_nce(eb[:b], emm[:b], self.tau_u, mode, tw)
+            l_i, w_i, a_i = weighted_nce(eb[b : 2 * b], emm[b : 2 * b], self.tau_i, mode, tw)
+            align = align + (l_u + l_i) / len(targets)
+            ws.append(torch.cat([w_u, w_i]))
+            degrees.append((a_u.mean(), a_i.mean()))
         if self.cross_pairs:
-            align = align + info_nce(eb[:b], emm[b : 2 * b], self.tau_u)
+            align = align + info_nce(eb[:b], v.side[b : 2 * b], self.tau_u)
+        if self.align_scale == "chance":
+            align = align / math.log(b)
         total = total + lam * align
-        w = torch.cat([w_u, w_i])
+        w = torch.stack(ws).mean(0)
+        a_u, a_i = (torch.stack(x).mean() for x in zip(*degrees))
         out.update(
             {
                 "align": align.detach(),
                 "align/weight_mean": w.mean(),
                 "align/weight_min": w.min(),
                 "align/weight_max": w.max(),
-                "align/degree_user": a_u.mean(),
-                "align/degree_item": a_i.mean(),
+                "align/degree_user": a_u,
+                "align/degree_item": a_i,
             }
         )
     out["loss"] = total

@@ -16,6 +16,9 @@ _DROPPED_PREFIXES = ("💡 Tip:",)
 _DROPPED_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)",  # torch deprecation inside Lightning's own code
     r"The number of training batches .* is smaller than the logging interval",  # we log per epoch
+    # Under DDP our epoch values are reduced across ranks before they are logged (or equal on
+    # every rank, like λ), so Lightning's sync_dist advice does not apply.
+    r"It is recommended to use `self.log\(",
 )
 
 
