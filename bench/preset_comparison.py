@@ -72,8 +72,16 @@ def main() -> None:
             if args.run:
                 d = run(args.runs, name, exp, p, s)
             dirs[label][s] = d
-    metrics = {m: {s: json.loads((d / "metrics.json").read_text()) for s, d in ds.items()} for m, ds in dirs.items()}
-    result: dict = {"preset": p, "seeds": args.seeds, "git_revision": git_revision(), "models": {}, "tests": {}}
+    metrics = {
+        m: {s: json.loads((d / "metrics.json").read_text()) for s, d in ds.items()} for m, ds in dirs.items()
+    }
+    result: dict = {
+        "preset": p,
+        "seeds": args.seeds,
+        "git_revision": git_revision(),
+        "models": {},
+        "tests": {},
+    }
     mostpop = []
     for s in args.seeds:
         d = generate(p, s)
@@ -110,11 +118,15 @@ def main() -> None:
     ]
     for label in ("MGCN", "EGRA"):
         r = result["models"][label]
-        lines.append(f"| {label} | " + " | ".join(f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" for k in KEYS) + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" for k in KEYS) + " |"
+        )
     lines += ["", "Paired tests, EGRA − MGCN (two-sided):", ""]
     lines += ["| test | n | mean difference | p (t-test) | p (Wilcoxon) |", "|---|---:|---:|---:|---:|"]
     for name, t in result["tests"].items():
-        lines.append(f"| {name} | {t['n']} | {t['mean_diff']:+.4f} | {t['p_ttest']:.3g} | {t['p_wilcoxon']:.3g} |")
+        lines.append(
+            f"| {name} | {t['n']} | {t['mean_diff']:+.4f} | {t['p_ttest']:.3g} | {t['p_wilcoxon']:.3g} |"
+        )
     lines += ["", "Per seed, test Recall@20 / NDCG@20 (MGCN → EGRA):", ""]
     for s in args.seeds:
         m, e = metrics["MGCN"][s], metrics["EGRA"][s]
