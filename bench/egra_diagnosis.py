@@ -16,11 +16,11 @@ import argparse
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
+
+from runs import train_run
 
 SETTINGS = {
     "λ_max=0.01 (joint, raw)": ["model.lambda_max=0.01"],
@@ -48,26 +48,17 @@ COLUMNS = [
 
 def run(out: Path, name: str, overrides: list[str], preset: str, seed: int, epochs: int) -> Path:
     d = out / re.sub(r"[^A-Za-z0-9.]+", "_", name.replace("λ", "lambda")).strip("_")
-    if not (d / "metrics.json").exists():
-        cmd = [
-            sys.executable,
-            "-m",
-            "egra.train",
-            "experiment=egra_small",
-            f"data.preset={preset}",
-            f"seed={seed}",
-            f"data.seed={seed}",
-            "threads=1",
-            "logger=csv",
-            "trainer.enable_progress_bar=false",
-            f"trainer.max_epochs={epochs}",
-            "callbacks.collapse_guard=null",
-            "+callbacks.term_gradients._target_=egra.training.callbacks.TermGradients",
-            f"hydra.run.dir={d}",
-            *overrides,
-        ]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return d
+    return train_run(
+        d,
+        "experiment=egra_small",
+        f"data.preset={preset}",
+        f"seed={seed}",
+        f"data.seed={seed}",
+        f"trainer.max_epochs={epochs}",
+        "callbacks.collapse_guard=null",
+        "+callbacks.term_gradients._target_=egra.training.callbacks.TermGradients",
+        *overrides,
+    )
 
 
 def curves(run_dir: Path) -> dict[int, dict[str, float]]:

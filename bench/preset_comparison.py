@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,28 +25,16 @@ from egra.data.synthetic import generate
 from egra.metrics.popularity import mostpop_metrics
 from egra.pipeline.compare import paired_tests
 from egra.pipeline.io import PER_USER_FILE, git_revision
+from runs import train_run
 
 KEYS = ["test/Recall@20", "test/NDCG@20", "test/popgroup0/Recall@20", "valid/Recall@20"]
 
 
 def run(runs: Path, name: str, experiment: str, preset: str, seed: int) -> Path:
     d = runs / f"{name}_{preset}_s{seed}"
-    if not (d / "metrics.json").exists():
-        cmd = [
-            sys.executable,
-            "-m",
-            "egra.train",
-            f"experiment={experiment}",
-            f"data.preset={preset}",
-            f"seed={seed}",
-            f"data.seed={seed}",
-            "threads=1",
-            "logger=csv",
-            "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={d}",
-        ]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return d
+    return train_run(
+        d, f"experiment={experiment}", f"data.preset={preset}", f"seed={seed}", f"data.seed={seed}"
+    )
 
 
 def per_user(d: Path, seed: int, metric: str) -> dict[tuple[int, int], float]:

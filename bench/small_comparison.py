@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 from egra.data.synthetic import GENERATOR_VERSION
+from runs import train_run
 
 MAIN = ["egra_small", "egra_no_enhanced_graph", "lightgcn_small", "mgcn_small"]
 ABLATIONS = [
@@ -40,22 +39,7 @@ KEYS = [
 
 
 def run(out: Path, name: str, seed: int) -> None:
-    d = out / f"{name}_s{seed}"
-    if (d / "metrics.json").exists():
-        return
-    cmd = [
-        sys.executable,
-        "-m",
-        "egra.train",
-        f"experiment={name}",
-        f"seed={seed}",
-        f"data.seed={seed}",
-        "threads=1",
-        "logger=csv",
-        "trainer.enable_progress_bar=false",
-        f"hydra.run.dir={d}",
-    ]
-    subprocess.run(cmd, check=False)
+    train_run(out / f"{name}_s{seed}", f"experiment={name}", f"seed={seed}", f"data.seed={seed}", check=False)
 
 
 def collect(out: Path, seeds: list[int]) -> dict[str, list[dict]]:
