@@ -229,3 +229,22 @@ def test_lambda_warmup_holds_zero_then_ramps():
         vals[3] == pytest.approx(0.01) and vals[7] == pytest.approx(0.05) and vals[9] == pytest.approx(0.05)
     )
     assert vals[5] == pytest.approx(0.03)
+
+
+def test_modality_input_purifier_is_mgcns_and_trains():
+    """modality_input=purifier: MGCN's E_I ⊙ σ(G_m(W_m X_m + b_m)); gate has no G_m."""
+    from egra.models import MGCN
+
+    d = toy_data()
+    torch.manual_seed(0)
+    e = EGRA(**d, **toy_graphs(d), item_graph=None, modality_input="purifier")
+    assert set(e.purifier) == set(e.modalities)
+    for m in e.modalities:
+        assert torch.equal(e.purified(m), MGCN.purified(e, m))
+    out = e.loss(*_batch(d))
+    out["loss"].backward()
+    assert all(e.purifier[m].weight.grad.abs().sum() > 0 for m in e.modalities)
+    gate = EGRA(**d, **toy_graphs(d), item_graph=None)
+    assert len(gate.purifier) == 0
+    with pytest.raises(ValueError, match="modality_input"):
+        EGRA(**d, **toy_graphs(d), item_graph=None, modality_input="nope")

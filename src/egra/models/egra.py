@@ -40,6 +40,9 @@ ALIGN_SCALES = ("raw", "chance")
 #: ``fused``: behavior view vs the fused modality view ``E^mm``; ``per_modality``: behavior
 #: view vs each modality's ``E^m`` before fusion, averaged over modalities.
 ALIGN_VIEWS = ("fused", "per_modality")
+#: ``gate``: ``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` (the method page's reading); ``purifier``:
+#: MGCN's purifier ``E_I ⊙ σ(G_m(W_m X_m + b_m))``, one more d x d map per modality.
+MODALITY_INPUTS = ("gate", "purifier")
 
 
 def entity_weights(alignment: Tensor, mode: str, tau_w: float) -> Tensor:
@@ -130,6 +133,7 @@ class EGRA(MGCN):
         align_scale: str = "raw",
         align_views: str = "fused",
         pt_norm: str = "joint",
+        modality_input: str = "gate",
         reg_weight: float = 1e-4,
         reg_denominator: float = 2048,
         train_features: bool = True,
@@ -159,11 +163,13 @@ class EGRA(MGCN):
             ("align_scale", align_scale, ALIGN_SCALES),
             ("align_views", align_views, ALIGN_VIEWS),
             ("pt_norm", pt_norm, PT_NORMS),
+            ("modality_input", modality_input, MODALITY_INPUTS),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        # EGRA's modality input is one gate on the raw projection: no separate purifier.
-        self.purifier = nn.ModuleDict()
+        self.modality_input = modality_input
+        if modality_input == "gate":  # one gate on the raw projection: no separate purifier
+            self.purifier = nn.ModuleDict()
         self.beta = float(beta)
         self.lambda_min, self.lambda_max, self.P, self.ramp = (
             float(lambda_min),
@@ -184,7 +190,9 @@ class EGRA(MGCN):
             self.adj = SparseOp(enhanced_adjacency(r, item_graph, self.beta, pt_norm))
 
     def purified(self, m: str) -> Tensor:
-        """``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` — ``[I, d]``."""
+        """``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` — ``[I, d]`` (``modality_input="purifier"``: MGCN's)."""
+        if self.modality_input == "purifier":
+            return super().purified(m)
         return self.item_emb * torch.sigmoid(project(self.proj[m], self.feature(m)))
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
