@@ -248,3 +248,22 @@ def test_modality_input_purifier_is_mgcns_and_trains():
     assert len(gate.purifier) == 0
     with pytest.raises(ValueError, match="modality_input"):
         EGRA(**d, **toy_graphs(d), item_graph=None, modality_input="nope")
+
+
+def test_align_anchor_modality_swaps_the_infonce_direction():
+    d = toy_data()
+    users, pos, neg = _batch(d)
+    torch.manual_seed(0)
+    m = EGRA(**d, **toy_graphs(d), item_graph=None, align_anchor="modality", entity_weighting="uniform")
+    out = m.loss(users, pos, neg)
+    uu, u_inv = torch.unique(users, return_inverse=True)
+    ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+    v = m.views(uu, ii)
+    p = uu.shape[0] + i_inv[: users.shape[0]]
+    eb, emm = v.content, v.side
+    expected = info_nce(emm[u_inv], eb[u_inv], m.tau_u) + info_nce(emm[p], eb[p], m.tau_i)
+    assert float(out["align"]) == pytest.approx(float(expected.detach()), rel=1e-4)
+    behavior = info_nce(eb[u_inv], emm[u_inv], m.tau_u) + info_nce(eb[p], emm[p], m.tau_i)
+    assert abs(float(expected.detach()) - float(behavior.detach())) > 1e-4  # the direction matters
+    with pytest.raises(ValueError, match="align_anchor"):
+        EGRA(**d, **toy_graphs(d), item_graph=None, align_anchor="nope")

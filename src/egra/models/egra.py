@@ -40,6 +40,9 @@ ALIGN_SCALES = ("raw", "chance")
 #: ``fused``: behavior view vs the fused modality view ``E^mm``; ``per_modality``: behavior
 #: view vs each modality's ``E^m`` before fusion, averaged over modalities.
 ALIGN_VIEWS = ("fused", "per_modality")
+#: Which view anchors the InfoNCE (its negatives come from the other view): ``behavior``
+#: (``NCE(e^b, e^mm)``) or ``modality`` (``NCE(e^mm, e^b)``, the direction of MGCN's loss).
+ALIGN_ANCHORS = ("behavior", "modality")
 #: ``gate``: ``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` (the method page's reading); ``purifier``:
 #: MGCN's purifier ``E_I ⊙ σ(G_m(W_m X_m + b_m))``, one more d x d map per modality.
 MODALITY_INPUTS = ("gate", "purifier")
@@ -132,6 +135,7 @@ class EGRA(MGCN):
         cross_pairs: bool = False,
         align_scale: str = "raw",
         align_views: str = "fused",
+        align_anchor: str = "behavior",
         pt_norm: str = "joint",
         modality_input: str = "gate",
         reg_weight: float = 1e-4,
@@ -162,12 +166,13 @@ class EGRA(MGCN):
         for name, value, choices in (
             ("align_scale", align_scale, ALIGN_SCALES),
             ("align_views", align_views, ALIGN_VIEWS),
+            ("align_anchor", align_anchor, ALIGN_ANCHORS),
             ("pt_norm", pt_norm, PT_NORMS),
             ("modality_input", modality_input, MODALITY_INPUTS),
         ):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-        self.modality_input = modality_input
+        self.modality_input, self.align_anchor = modality_input, align_anchor
         if modality_input == "gate":  # one gate on the raw projection: no separate purifier
             self.purifier = nn.ModuleDict()
         self.beta = float(beta)
@@ -213,12 +218,16 @@ class EGRA(MGCN):
             eb = v.content  # behavior view E^b
             targets = [v.side] if self.align_views == "fused" else [v.modal[m] for m in self.modalities]
             mode, tw = self.entity_weighting, self.tau_w
+            if self.align_anchor == "modality":  # NCE(e^mm, e^b); cosine degrees are symmetric
+                pairs = [(emm, eb) for emm in targets]
+            else:
+                pairs = [(eb, emm) for emm in targets]
             terms = [
                 (
-                    weighted_nce_counts(eb[:nu], emm[:nu], self.tau_u, mode, tw, u_cnt),
-                    weighted_nce_counts(eb[p_rows], emm[p_rows], self.tau_i, mode, tw, p_cnt),
+                    weighted_nce_counts(a[:nu], p[:nu], self.tau_u, mode, tw, u_cnt),
+                    weighted_nce_counts(a[p_rows], p[p_rows], self.tau_i, mode, tw, p_cnt),
                 )
-                for emm in targets
+                for a, p in pairs
             ]
             align = sum(u[0] + i[0] for u, i in terms) / len(terms)
             # Weights and degrees for the logs: means over the aligned pairs.

@@ -30,7 +30,7 @@ from egra.data import DataError
 from egra.data.synthetic import PRESETS
 from egra.graphs import PT_NORMS
 from egra.graphs.knn import METHODS as KNN_METHODS
-from egra.models.egra import ALIGN_SCALES, ALIGN_VIEWS, MODALITY_INPUTS, RAMPS, WEIGHTING_MODES
+from egra.models.egra import ALIGN_ANCHORS, ALIGN_SCALES, ALIGN_VIEWS, MODALITY_INPUTS, RAMPS, WEIGHTING_MODES
 from egra.pipeline.graph import GRAPH_KEYS
 
 
@@ -150,6 +150,7 @@ MODEL_RULES: dict[str, Rule] = {
     "align_views": Choice(*ALIGN_VIEWS),
     "pt_norm": Choice(*PT_NORMS),
     "modality_input": Choice(*MODALITY_INPUTS),
+    "align_anchor": Choice(*ALIGN_ANCHORS),
     "cross_pairs": BOOL,
     "train_features": BOOL,
     "pt_symmetric": BOOL,
