@@ -74,8 +74,9 @@ def ref_egra_loss(self: EGRA, users, pos, neg):
         mode, tw = self.entity_weighting, self.tau_w
         align, ws, degrees = 0.0, [], []
         for emm in targets:
-            l_u, w_u, a_u = weighted_nce(eb[:b], emm[:b], self.tau_u, mode, tw)
-            l_i, w_i, a_i = weighted_nce(eb[b : 2 * b], emm[b : 2 * b], self.tau_i, mode, tw)
+            x, y = (emm, eb) if self.align_anchor == "modality" else (eb, emm)
+            l_u, w_u, a_u = weighted_nce(x[:b], y[:b], self.tau_u, mode, tw)
+            l_i, w_i, a_i = weighted_nce(x[b : 2 * b], y[b : 2 * b], self.tau_i, mode, tw)
             align = align + (l_u + l_i) / len(targets)
             ws.append(torch.cat([w_u, w_i]))
             degrees.append((a_u.mean(), a_i.mean()))
@@ -271,6 +272,28 @@ def test_egra_distinct_row_loss_equals_per_position_reference(mode, cross_pairs,
     got = model.loss(*batch)
     want = ref_egra_loss(model, *batch)
     assert set(got) == set(want)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
+    g1, g2 = _grads(model, got["loss"]), _grads(model, want["loss"])
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"align_anchor": "modality"},
+        {"align_views": "per_modality"},
+        {"align_scale": "chance", "align_anchor": "modality", "align_views": "per_modality"},
+    ],
+)
+def test_egra_alignment_options_equal_per_position_reference(options):
+    d = toy_data()
+    torch.manual_seed(0)
+    model = EGRA(**d, **toy_graphs(d, 4), item_graph=toy_item_graph(d["n_items"]), embedding_dim=8, **options)
+    model.align_weight = 0.3
+    batch = _batch_with_repeats(d["n_users"], d["n_items"])
+    got, want = model.loss(*batch), ref_egra_loss(model, *batch)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=key)
     g1, g2 = _grads(model, got["loss"]), _grads(model, want["loss"])
