@@ -198,6 +198,13 @@ def test_align_scale_chance_divides_by_log_batch():
     assert torch.allclose(losses["chance"]["bpr"], losses["raw"]["bpr"])
 
 
+def _position_views(m, users, pos, neg):
+    """A batch's views and, per batch position, the view rows of its user and of its positive."""
+    uu, u_inv = torch.unique(users, return_inverse=True)
+    ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+    return m.views(uu, ii), u_inv, uu.shape[0] + i_inv[: users.shape[0]]
+
+
 def test_align_views_per_modality_is_mean_of_modal_nces():
     d = toy_data()
     users, pos, neg = _batch(d)
@@ -205,15 +212,11 @@ def test_align_views_per_modality_is_mean_of_modal_nces():
     m = EGRA(**d, **toy_graphs(d), item_graph=None, align_views="per_modality", entity_weighting="uniform")
     out = m.loss(users, pos, neg)
     # Same numbers by hand: plain InfoNCE over batch positions, behavior view vs each E^m.
-    v = m.views(torch.unique(users), torch.unique(torch.cat([pos, neg])))
-    nu = torch.unique(users).shape[0]
-    uu, u_inv = torch.unique(users, return_inverse=True)
-    ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
+    v, u_inv, p = _position_views(m, users, pos, neg)
     expected = 0.0
     for mod in m.modalities:
         eb, em = v.content, v.modal[mod]
         expected = expected + info_nce(eb[u_inv], em[u_inv], m.tau_u)
-        p = nu + i_inv[: users.shape[0]]
         expected = expected + info_nce(eb[p], em[p], m.tau_i)
     assert float(out["align"]) == pytest.approx(float(expected.detach()) / len(m.modalities), rel=1e-4)
     with pytest.raises(ValueError, match="align_views"):
@@ -256,10 +259,7 @@ def test_align_anchor_modality_swaps_the_infonce_direction():
     torch.manual_seed(0)
     m = EGRA(**d, **toy_graphs(d), item_graph=None, align_anchor="modality", entity_weighting="uniform")
     out = m.loss(users, pos, neg)
-    uu, u_inv = torch.unique(users, return_inverse=True)
-    ii, i_inv = torch.unique(torch.cat([pos, neg]), return_inverse=True)
-    v = m.views(uu, ii)
-    p = uu.shape[0] + i_inv[: users.shape[0]]
+    v, u_inv, p = _position_views(m, users, pos, neg)
     eb, emm = v.content, v.side
     expected = info_nce(emm[u_inv], eb[u_inv], m.tau_u) + info_nce(emm[p], eb[p], m.tau_i)
     assert float(out["align"]) == pytest.approx(float(expected.detach()), rel=1e-4)

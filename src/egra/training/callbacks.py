@@ -164,6 +164,11 @@ class CollapseGuard(L.Callback):
         trainer.should_stop = True
 
 
+def _global_norm(grads) -> float:
+    """The L2 norm of several gradient tensors taken together."""
+    return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads)))
+
+
 class TermGradients(L.Callback):
     """Diagnostics: gradient norms of the ranking loss and of the weighted contrastive term.
 
@@ -188,9 +193,8 @@ class TermGradients(L.Callback):
         finally:
             setattr(net, attr, weight)
         g_all = torch.autograd.grad(net.loss(users, pos, neg)["loss"], tables)
-        norm = lambda gs: float(torch.sqrt(sum((g.double() ** 2).sum() for g in gs)))  # noqa: E731
-        n_rank = norm(g_rank)
-        n_align = norm([a - r for a, r in zip(g_all, g_rank)])
+        n_rank = _global_norm(g_rank)
+        n_align = _global_norm([a - r for a, r in zip(g_all, g_rank)])
         pl_module.log_dict(
             {
                 "diag/grad_bpr": n_rank,

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from egra.metrics import DEFAULT_KS, METRICS, rank_metric_rows, rank_metric_sums, truth_keys, truth_ranks
+from egra.metrics import DEFAULT_KS, METRICS, rank_metric_rows, truth_keys, truth_ranks
 from egra.models.base import Recommender
 
 #: Trainer precisions supported: full fp32, or mixed precision (autocast), under which the
@@ -243,30 +243,36 @@ class RecommenderModule(L.LightningModule):
         with torch.autocast(batch["users"].device.type, enabled=False):
             rows, items, ranks = self._truth_ranks(batch)
         n = batch["users"].shape[0]
-        self._accumulate(rows, ranks, n, self.ks)
-        if self._prefix == "test":
-            self._keep_per_user(batch["users"], rows, ranks)
-        if self.item_groups is not None and self._prefix == "test":
+        test = self._prefix == "test"
+        self._accumulate(rows, ranks, n, self.ks, users=batch["users"] if test else None)
+        if self.item_groups is not None and test:
             groups = self.item_groups[items]
             for g in range(int(self.item_groups.max()) + 1):
                 keep = groups == g
                 self._accumulate(rows[keep], ranks[keep], n, self.group_ks, tag=f"popgroup{g}/")
 
-    def _keep_per_user(self, users: Tensor, rows: Tensor, ranks: Tensor) -> None:
-        """Recall and NDCG of each test user of this rank (for paired per-user tests)."""
-        keep, per_row = rank_metric_rows(rows, ranks, users.shape[0], self.ks)
-        self.per_user_test.setdefault("users", []).append(users[keep].cpu())
-        for key, value in per_row.items():
-            if key.startswith(("Recall@", "NDCG@")):
-                self.per_user_test.setdefault(key, []).append(value.cpu())
-
-    def _accumulate(self, rows: Tensor, ranks: Tensor, n_rows: int, ks: Sequence[int], tag: str = "") -> None:
-        sums, n_users = rank_metric_sums(rows, ranks, n_rows, ks)
-        if n_users == 0:
+    def _accumulate(
+        self,
+        rows: Tensor,
+        ranks: Tensor,
+        n_rows: int,
+        ks: Sequence[int],
+        tag: str = "",
+        users: Tensor | None = None,
+    ) -> None:
+        """Add a chunk's metric sums; given the chunk's ``users``, also keep each user's
+        Recall/NDCG@K in ``per_user_test`` (for paired per-user tests across models)."""
+        keep, per_row = rank_metric_rows(rows, ranks, n_rows, ks)
+        if keep.numel() == 0:
             return
-        for key, val in sums.items():
-            self._add(tag + key, val)
-        self._add(tag + "#users", torch.tensor(n_users, device=ranks.device))
+        for key, val in per_row.items():
+            self._add(tag + key, val.sum())
+        self._add(tag + "#users", torch.tensor(keep.numel(), device=ranks.device))
+        if users is not None:
+            self.per_user_test.setdefault("users", []).append(users[keep].cpu())
+            for key, value in per_row.items():
+                if key.startswith(("Recall@", "NDCG@")):
+                    self.per_user_test.setdefault(key, []).append(value.cpu())
 
     def _eval_key_list(self) -> list[str]:
         n_groups = 0
@@ -317,7 +323,7 @@ class RecommenderModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._prefix = "test"
-        #: per test user of this rank: "users" and "Recall@K"/"NDCG@K" chunks (see _keep_per_user)
+        #: per test user of this rank: "users" and "Recall@K"/"NDCG@K" chunks (see _accumulate)
         self.per_user_test: dict[str, list[Tensor]] = {}
         self._start_eval()
 
