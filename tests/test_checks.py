@@ -62,6 +62,11 @@ BAD_SETTINGS = [
     (["model=egra", "backbones.mgcn.model.cl_loss=-1"], "backbones.mgcn.model.cl_loss=-1"),
     (["ckpt_path=/no/such.ckpt"], "ckpt_path='/no/such.ckpt'"),
     (["model=egra", "backbones.mgcn.export=everything"], "backbones.mgcn.export='everything'"),
+    (["model=egra", "model.init=pretrained"], "model.init='pretrained': expected one of scratch, backbone"),
+    (
+        ["model=egra", "model.init=backbone", "model.graph_source=raw_features"],
+        "model.init=backbone needs a trained backbone as model.graph_source",
+    ),
 ]
 
 

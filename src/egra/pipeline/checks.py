@@ -31,6 +31,7 @@ from egra.data.synthetic import PRESETS
 from egra.graphs import PT_NORMS
 from egra.graphs.knn import METHODS as KNN_METHODS
 from egra.models.egra import ALIGN_ANCHORS, ALIGN_SCALES, ALIGN_VIEWS, MODALITY_INPUTS, RAMPS, WEIGHTING_MODES
+from egra.pipeline.fit import INITS, RECIPE_KEYS
 from egra.pipeline.graph import GRAPH_KEYS
 
 
@@ -159,12 +160,13 @@ MODEL_RULES: dict[str, Rule] = {
     "graph_source": Rule("str"),  # a backbone name or "none": checked against cfg.backbones
     "modalities": Rule("strs", optional=True),
     "lr_decay": Rule("pair", optional=True),
+    "init": Choice(*INITS),  # backbone: needs a trained graph_source (see _check_relations)
 }
 
 # Keys of a model config the pipeline reads itself (training recipe; the graph stage's
 # egra.pipeline.graph.GRAPH_KEYS) and strips before calling the constructor: allowed even
 # though the constructor lacks them.
-PIPELINE_MODEL_KEYS = ("lr_decay", *GRAPH_KEYS)
+PIPELINE_MODEL_KEYS = (*RECIPE_KEYS, *GRAPH_KEYS)
 # Constructor arguments the pipeline fills from the data and the graph stage.
 DATA_ARGUMENTS = (
     "n_users",
@@ -340,6 +342,17 @@ def _check_relations(cfg: DictConfig, errors: list[str]) -> None:
             errors.append(
                 f"model.k_pt={m.get('k_pt')}: expected an integer >= 1 "
                 f"(for no S^pt set model.graph_source={NO_GRAPH})"
+            )
+    if m.get("init") == "backbone":
+        src = m.get("graph_source")
+        kind = ((cfg.get("backbones") or {}).get(src) or {}).get("kind") if isinstance(src, str) else None
+        if kind != "trained":
+            trained = sorted(
+                k for k, b in (cfg.get("backbones") or {}).items() if (b or {}).get("kind") == "trained"
+            )
+            errors.append(
+                f"model.init=backbone needs a trained backbone as model.graph_source (one of "
+                f"{', '.join(trained)}), got {src!r}"
             )
     ks = cfg.get("eval", {}).get("ks")
     if _is_seq(ks) and RULES["eval.ks"].ok(ks):

@@ -25,7 +25,12 @@ from egra.training.module import RecommenderModule
 log = logging.getLogger(__name__)
 
 # Keys of a model config that configure its training recipe, not its constructor.
-RECIPE_KEYS = ("lr_decay",)
+RECIPE_KEYS = ("lr_decay", "init")
+#: ``model.init``: ``scratch`` (the constructor's initialisation) or ``backbone`` (start from
+#: the weights of the backbone ``S^pt`` came from, wherever name and shape agree).
+INITS = ("scratch", "backbone")
+# Tables a warm start must find in the backbone, or it is not a warm start at all.
+SHARED_TABLES = ("user_emb", "item_emb")
 
 
 def lr_decay(cfg: DictConfig) -> tuple[float, float]:
@@ -40,6 +45,26 @@ def build_net(model_cfg: DictConfig, dm, inputs: Mapping[str, Any] | None = None
     ctor = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k not in RECIPE_KEYS])
     factory = instantiate(ctor)
     return factory(**dm.model_inputs(), **dict(inputs or {}))
+
+
+def warm_start(net, state: Mapping[str, Any], source: str) -> list[str]:
+    """Copy every tensor of ``state`` (a backbone's weights) whose name and shape match one
+    of ``net``'s; return the names copied. The ID tables must match (same ``embedding_dim``):
+    a warm start that copies neither is refused."""
+    own = net.state_dict()
+    loaded = {
+        k: torch.as_tensor(v) for k, v in state.items() if k in own and tuple(own[k].shape) == tuple(v.shape)
+    }
+    missing = [k for k in SHARED_TABLES if k in own and k not in loaded]
+    if missing:
+        shapes = {k: tuple(state[k].shape) if k in state else None for k in missing}
+        raise ValueError(
+            f"model.init=backbone: the {source} backbone's {', '.join(missing)} do not match the model's "
+            f"({shapes} vs {[tuple(own[k].shape) for k in missing]}): expected the same model.embedding_dim"
+        )
+    net.load_state_dict(loaded, strict=False)
+    log.info("model.init=backbone: %d of %d tensors from %s", len(loaded), len(own), source)
+    return sorted(loaded)
 
 
 def build_module(

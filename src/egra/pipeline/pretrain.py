@@ -35,6 +35,8 @@ from egra.pipeline.tables import metrics_table
 
 log = logging.getLogger(__name__)
 BACKBONES = ("mgcn", "lightgcn", "raw_features", "random")
+#: Artifact array names of a trained backbone's weights: ``state.<parameter name>``.
+STATE_PREFIX = "state."
 
 
 class BackboneCollapsed(RuntimeError):
@@ -71,6 +73,8 @@ def _key(cfg: DictConfig, name: str, fingerprint: str, graphs: Graphs | None = N
         )
         parts["trainer"] = _trainer_key(cfg.trainer)
         parts["graphs"] = dict(graphs.artifacts) if graphs is not None else {}
+        # What the artifact holds: format 2 adds the weights (``state.<name>``) for model.init.
+        parts["format"] = 2
     return artifact_key(**parts)
 
 
@@ -120,7 +124,21 @@ def _train_backbone(
     else:
         raise ValueError(f"backbone {name}: export view {view!r} is only available for MGCN")
     arrays = {"items": items.numpy().astype(np.float32), "users": users.numpy().astype(np.float32)}
+    # The best-valid weights, for a model that starts from its backbone (model.init=backbone).
+    arrays.update({f"{STATE_PREFIX}{k}": v.detach().numpy() for k, v in net.state_dict().items()})
     return arrays, {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def backbone_state(art: Artifact | None) -> dict[str, np.ndarray]:
+    """The trained backbone's best-valid weights held by its embedding artifact."""
+    if art is None:
+        raise ValueError("model.init=backbone needs a pretrained backbone (model.graph_source)")
+    names = [n for n in art.manifest.get("files", {}) if n.startswith(STATE_PREFIX)]
+    if not names:
+        raise ValueError(
+            f"backbone artifact {art.path} holds no weights: model.init=backbone needs a trained backbone"
+        )
+    return {n[len(STATE_PREFIX) :]: art.array(n) for n in names}
 
 
 def pretrain(cfg: DictConfig, dm, name: str, graphs: Graphs | None = None) -> Artifact:

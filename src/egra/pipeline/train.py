@@ -73,6 +73,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     backbone, stage_info = pretrain_stage(cfg, dm, spec)
     graphs = graph.build_graphs(cfg, dm, spec, backbone)
     net = fit.build_net(graph.constructor_config(cfg.model), dm, graphs.model_inputs())
+    if cfg.model.get("init", "scratch") == "backbone":
+        stage_info["init_tensors"] = len(fit.warm_start(net, pretrain.backbone_state(backbone), spec.source))
     module = fit.build_module(cfg, dm, net, graphs.names())
     fitted = fit.fit(cfg, dm, module, out_dir)
     metrics = evaluate.evaluate(cfg, dm, fitted, {**stage_info, **graphs.info}, started=started)
