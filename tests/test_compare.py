@@ -6,9 +6,10 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from egra.cli.report import main as report_main
-from egra.pipeline.compare import compare, paired_tests
+from egra.pipeline.compare import Entry, backbone_overrides, compare, paired_tests
 
 
 def test_paired_tests_known_values():
@@ -20,6 +21,18 @@ def test_paired_tests_known_values():
     assert t["p_wilcoxon"] == pytest.approx(0.0625)  # exact, 5 pairs all positive: 2/32
     same = paired_tests(a, a)
     assert same["p_wilcoxon"] == 1.0 and np.isnan(same["p_ttest"])
+
+
+def test_backbone_takes_the_tuned_parameters_of_its_model():
+    tuned = {"MGCN": {"params": {"model.cl_loss": 0.02, "model.n_ui_layers": 3, "seed": 1}}}
+    entry = Entry("EGRA", "egra_small", "tune_egra", backbone=("MGCN", "mgcn"))
+    assert backbone_overrides(entry, tuned) == [
+        "backbones.mgcn.model.cl_loss=0.02",
+        "backbones.mgcn.model.n_ui_layers=3",
+    ]
+    assert backbone_overrides(Entry("MGCN", "mgcn_small", "tune_mgcn"), tuned) == []
+    with pytest.raises(ValueError, match="list MGCN before it"):
+        backbone_overrides(entry, {})
 
 
 @pytest.mark.slow
@@ -40,6 +53,10 @@ def test_compare_on_tiny_runs_end_to_end(tmp_path, monkeypatch, capsys):
         assert {"seeds test/Recall@20", "users test/Recall@20", "users test/NDCG@20"} <= set(tests)
         assert tests["users test/Recall@20"]["n"] > 50  # paired over test users
         assert 0.0 <= tests["users test/Recall@20"]["p_wilcoxon"] <= 1.0
+    # EGRA is built on the MGCN it is compared with: its backbone has MGCN's tuned parameters.
+    egra_cfg = yaml.safe_load((out / "seeds" / "EGRA" / "seed0" / ".hydra" / "config.yaml").read_text())
+    for key, value in result["models"]["MGCN"]["params"].items():
+        assert egra_cfg["backbones"]["mgcn"]["model"][key.split(".", 1)[1]] == pytest.approx(value), key
     saved = json.loads((out / "compare.json").read_text())
     assert saved["trials"] == 2 and saved["seeds"] == [0, 1]
     # A second call reuses every study and seed run.

@@ -45,6 +45,9 @@ class Entry:
     label: str
     experiment: str
     search: str  # hparams_search config: tune_<model>
+    # (label, backbone name): this model's backbone takes that entry's tuned parameters, so
+    # EGRA is built on the MGCN it is compared with, not on MGCN's defaults.
+    backbone: tuple[str, str] | None = None
 
 
 def default_entries() -> list[Entry]:
@@ -52,7 +55,7 @@ def default_entries() -> list[Entry]:
     return [
         Entry("LightGCN", "lightgcn_small", "tune_lightgcn"),
         Entry("MGCN", "mgcn_small", "tune_mgcn"),
-        Entry("EGRA", "egra_small", "tune_egra"),
+        Entry("EGRA", "egra_small", "tune_egra", backbone=("MGCN", "mgcn")),
     ]
 
 
@@ -87,6 +90,18 @@ def tune(entry: Entry, out: Path, common: Sequence[str], trials: int, seed: int)
 
 def _override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value) if isinstance(value, str) else value}"
+
+
+def backbone_overrides(entry: Entry, tuned: dict[str, dict[str, Any]]) -> list[str]:
+    """``backbones.<name>.model.<key>=<value>`` for the tuned model parameters of the entry
+    ``entry.backbone`` names (tuned before it: entries run in order)."""
+    if entry.backbone is None:
+        return []
+    label, name = entry.backbone
+    if label not in tuned:
+        raise ValueError(f"{entry.label}'s backbone takes {label}'s tuned parameters: list {label} before it")
+    params = tuned[label]["params"]
+    return [_override(f"backbones.{name}.{k}", v) for k, v in params.items() if k.startswith("model.")]
 
 
 def run_seeds(
@@ -259,8 +274,9 @@ def compare(
     ]
     tuned, runs = {}, {}
     for e in entries:
-        tuned[e.label] = tune(e, out, common, trials, seed=0)
-        sweep = run_seeds(e, tuned[e.label]["params"], out, common, seeds)
+        own = [*common, *backbone_overrides(e, tuned)]
+        tuned[e.label] = tune(e, out, own, trials, seed=0)
+        sweep = run_seeds(e, tuned[e.label]["params"], out, own, seeds)
         runs[e.label] = _seed_runs(sweep, seeds)
     result = summarize(entries, tuned, runs, reference)
     result.update({"preset": preset, "trials": trials, "seeds": list(seeds), "extra": list(extra)})
