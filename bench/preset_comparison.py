@@ -6,7 +6,7 @@ For each seed S (data seed = training seed = S) two runs, unless their metrics.j
 EGRA's own backbone is MGCN with the same defaults and seed, so the standalone MGCN is the model
 EGRA has to beat. Paired tests (egra.pipeline.compare.paired_tests): over seeds on the test
 metric, and per user on each test user's metric (users pooled over the seeds' datasets).
-Writes bench/results/compare_<P>.{md,json}. This is defaults against defaults; `make compare`
+Writes bench/results/defaults_<P>.{md,json}. This is defaults against defaults; `make compare`
 gives every model the same tuning budget first.
 
     python bench/preset_comparison.py --preset small --seeds 0 1 2 3 4 --runs logs/preset_comparison [--run]
@@ -123,8 +123,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"compare_{p}.md").write_text(text)
-    (out / f"compare_{p}.json").write_text(json.dumps(result, indent=1))
+    (out / f"defaults_{p}.md").write_text(text)
+    (out / f"defaults_{p}.json").write_text(json.dumps(result, indent=1))
     print(text)
 
 
