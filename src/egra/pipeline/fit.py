@@ -56,6 +56,7 @@ def build_module(
         item_groups=torch.as_tensor(groups),
         group_ks=tuple(cfg.eval.group_ks),
         graphs=graphs,
+        seed=int(cfg.seed),
     )
 
 
