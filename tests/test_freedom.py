@@ -415,3 +415,12 @@ def test_freedom_backbone_pretrain_then_egra_graph_source(cfg_factory):
     assert metrics["graph_nnz"] > 0 and "backbone/test/Recall@20" in metrics
     written = json.loads((Path(art.path) / "manifest.json").read_text())
     assert written["config"]["model"]["_target_"] == "egra.models.FREEDOM"
+
+
+def test_resume_matches_uninterrupted(cfg_factory):
+    """The epoch's denoised graph is drawn from (seed, epoch), not from state a kill loses:
+    killed after 2 of 4 epochs and resumed, the run ends exactly where an uninterrupted one does."""
+    from tests.test_resume import _assert_same, _interrupt_and_resume
+
+    full, resumed = _interrupt_and_resume(cfg_factory, ["experiment=freedom_tiny", "trainer.max_epochs=4"])
+    _assert_same(full, resumed)
