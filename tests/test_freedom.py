@@ -148,6 +148,8 @@ def test_item_graph_is_binary_rowsum_normalised_and_mixed(data, w_v):
     )
     only_text = {"text": data["modality_graphs"]["text"]}
     np.testing.assert_array_equal(mix_item_graphs(only_text, w_v).toarray(), only_text["text"].toarray())
+    with pytest.raises(ValueError, match="unknown modality graph preset 'egra_pt'"):
+        modality_graphs(data["features"], K, preset="egra_pt", device="cpu")
     with pytest.raises(ValueError, match="two of which one is 'image'"):
         mix_item_graphs({"a": only_text["text"], "b": only_text["text"]}, w_v)
 
