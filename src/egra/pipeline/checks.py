@@ -128,10 +128,6 @@ def Num(ge: float | None = None, gt: float | None = None, **kw: Any) -> Rule:  #
     return Rule("float", ge=ge, gt=gt, **kw)
 
 
-#: a key whose value is a backbone's exported view: checked against the model's views (_check_export)
-EXPORT_VIEWS = ("fused", "id", "modality")
-
-
 def Choice(*choices: Any, **kw: Any) -> Rule:  # noqa: N802
     return Rule("str", choices=choices, **kw)
 
@@ -139,6 +135,8 @@ def Choice(*choices: Any, **kw: Any) -> Rule:  # noqa: N802
 BOOL = Rule("bool")
 
 NO_GRAPH = "none"
+#: views a trained backbone can export; each model has its own (``VIEWS``, see _check_export)
+EXPORT_VIEWS = ("fused", "id", "modality")
 
 # Model keys by name, wherever they appear (cfg.model and backbones.<name>.model).
 MODEL_RULES: dict[str, Rule] = {

@@ -8,8 +8,8 @@
   enhanced behavior graph.
 
 Which graphs a model needs is said by its config (the method's names, :data:`GRAPH_KEYS`):
-``model.knn_k`` and ``model.knn_convention`` (``S^m``), ``model.graph_source``, ``model.k_pt``, ``model.pt_symmetric``,
-``model.pt_weighted`` (``S^pt``). They are read here and stripped before the model is
+``model.knn_k`` and ``model.knn_convention`` (``S^m``), ``model.graph_source``, ``model.k_pt``,
+``model.pt_symmetric``, ``model.pt_weighted`` (``S^pt``). They are read here and stripped before the model is
 built; every other model key is the model's. How the neighbours are searched (FAISS
 method, device, chunking) is the ``graph`` config group, read only by :func:`search_options`.
 
