@@ -426,3 +426,11 @@ def test_resume_matches_uninterrupted(cfg_factory):
 
     full, resumed = _interrupt_and_resume(cfg_factory, ["experiment=freedom_tiny", "trainer.max_epochs=4"])
     _assert_same(full, resumed)
+
+
+def test_tune_freedom_composes(tmp_path):
+    from tests.test_sweep import _compose
+
+    cfg = _compose(["experiment=freedom_tiny", "hparams_search=tune_freedom"], tmp_path)
+    assert cfg.model._target_ == "egra.models.FREEDOM" and cfg.task_name == "tune_freedom"
+    assert set(cfg.hydra.sweeper.params) == {"model.dropout", "model.reg_weight"}
