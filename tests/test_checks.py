@@ -67,6 +67,27 @@ BAD_SETTINGS = [
         ["model=egra", "model.init=backbone", "model.graph_source=raw_features"],
         "model.init=backbone needs a trained backbone as model.graph_source",
     ),
+    (["model=freedom", "model.dropout=1.0"], "model.dropout=1.0: expected a number >= 0 and < 1"),
+    (
+        ["model=freedom", "model.mm_image_weight=1.5"],
+        "model.mm_image_weight=1.5: expected a number >= 0 and <= 1",
+    ),
+    (["model=freedom", "model.n_mm_layers=-1"], "model.n_mm_layers=-1"),
+    (["model=freedom", "model.reg_weight=-1"], "model.reg_weight=-1"),
+    (
+        ["model=freedom", "model.knn_convention=lattice"],
+        "model.knn_convention='lattice': expected one of mgcn, freedom",
+    ),
+    (["model=freedom", "model.knn_k=500"], "model.knn_k=500: expected < the 120 items"),
+    (["model=freedom", "+model.cl_loss=0.1"], "model.cl_loss: not an argument of FREEDOM"),
+    (
+        ["model=egra", "model.graph_source=freedom", "backbones.freedom.export=modality"],
+        "backbones.freedom.export='modality': expected one of fused, id (FREEDOM's views)",
+    ),
+    (
+        ["model=egra", "model.graph_source=freedom", "backbones.freedom.model.dropout=-0.1"],
+        "backbones.freedom.model.dropout=-0.1",
+    ),
 ]
 
 

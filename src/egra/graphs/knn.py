@@ -82,6 +82,8 @@ EGRA_PRETRAINED_GRAPH: Mapping[str, Any] = MappingProxyType(
 KNN_GRAPH_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {"mgcn": MGCN_MODALITY_GRAPH, "freedom": FREEDOM_MODALITY_GRAPH, "egra_pt": EGRA_PRETRAINED_GRAPH}
 )
+#: Presets of a modality graph ``S^m`` (self included, directed): what ``model.knn_convention`` names.
+MODALITY_PRESETS = ("mgcn", "freedom")
 
 
 # ----------------------------------------------------------------------------------------
@@ -596,17 +598,20 @@ def knn_graph_preset(x: np.ndarray, k: int, preset: str = "mgcn", **overrides: A
 
 
 def modality_graphs(
-    features: Mapping[str, Any], k: int, modalities: Any = None, **search: Any
+    features: Mapping[str, Any], k: int, modalities: Any = None, preset: str = "mgcn", **search: Any
 ) -> dict[str, sp.csr_matrix]:
-    """MGCN's (and EGRA's) fixed modality graphs ``S^m``: :data:`MGCN_MODALITY_GRAPH` of
-    each float32 feature table, top-``k`` including the item itself.
+    """The fixed modality graphs ``S^m`` of each float32 feature table, top-``k`` including
+    the item itself: MGCN's (and EGRA's) :data:`MGCN_MODALITY_GRAPH` by default,
+    ``preset="freedom"`` for FREEDOM's binary :data:`FREEDOM_MODALITY_GRAPH`.
 
     ``modalities`` defaults to the sorted keys of ``features``; ``search`` holds
     ``method``, ``device`` and the options of :func:`topk_neighbors`.
     """
+    if preset not in MODALITY_PRESETS:
+        raise ValueError(f"unknown modality graph preset {preset!r}; choose from {list(MODALITY_PRESETS)}")
     names = sorted(features) if modalities is None else list(modalities)
     return {
-        m: knn_graph(np.asarray(features[m], dtype=np.float32), k, **MGCN_MODALITY_GRAPH, **search)
+        m: knn_graph(np.asarray(features[m], dtype=np.float32), k, **KNN_GRAPH_PRESETS[preset], **search)
         for m in names
     }
 

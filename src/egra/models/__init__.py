@@ -2,7 +2,8 @@
 
 from egra.models.base import Recommender
 from egra.models.egra import EGRA
+from egra.models.freedom import FREEDOM
 from egra.models.lightgcn import BPRMF, LightGCN
 from egra.models.mgcn import MGCN
 
-__all__ = ["BPRMF", "EGRA", "MGCN", "LightGCN", "Recommender"]
+__all__ = ["BPRMF", "EGRA", "FREEDOM", "MGCN", "LightGCN", "Recommender"]

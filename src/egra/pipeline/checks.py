@@ -30,6 +30,7 @@ from egra.data import DataError
 from egra.data.synthetic import PRESETS
 from egra.graphs import PT_NORMS
 from egra.graphs.knn import METHODS as KNN_METHODS
+from egra.graphs.knn import MODALITY_PRESETS
 from egra.models.egra import ALIGN_ANCHORS, ALIGN_SCALES, ALIGN_VIEWS, MODALITY_INPUTS, RAMPS, WEIGHTING_MODES
 from egra.pipeline.fit import INITS, RECIPE_KEYS
 from egra.pipeline.graph import GRAPH_KEYS
@@ -46,6 +47,8 @@ class Rule:
     kind: str
     ge: float | None = None  # value >= ge
     gt: float | None = None  # value > gt
+    le: float | None = None  # value <= le
+    lt: float | None = None  # value < lt
     choices: tuple[Any, ...] | None = None
     optional: bool = False  # None (null) allowed
 
@@ -66,6 +69,10 @@ class Rule:
             what += f" >= {self.ge:g}"
         if self.gt is not None:
             what += f" > {self.gt:g}"
+        if self.le is not None:
+            what += f"{' and' if self.ge is not None or self.gt is not None else ''} <= {self.le:g}"
+        if self.lt is not None:
+            what += f"{' and' if self.ge is not None or self.gt is not None else ''} < {self.lt:g}"
         if self.kind == "ints" and (self.ge is not None or self.gt is not None):
             what = what.replace("integers", "integers, each")
         return what + (" (or null)" if self.optional else "")
@@ -94,7 +101,12 @@ class Rule:
         raise AssertionError(f"unknown rule kind {self.kind!r}")
 
     def _in_range(self, v: float) -> bool:
-        return (self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+        return (
+            (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+        )
 
 
 def _is_int(v: Any) -> bool:
@@ -124,6 +136,8 @@ def Choice(*choices: Any, **kw: Any) -> Rule:  # noqa: N802
 BOOL = Rule("bool")
 
 NO_GRAPH = "none"
+#: views a trained backbone can export; each model has its own (``VIEWS``, see _check_export)
+EXPORT_VIEWS = ("fused", "id", "modality")
 
 # Model keys by name, wherever they appear (cfg.model and backbones.<name>.model).
 MODEL_RULES: dict[str, Rule] = {
@@ -132,7 +146,11 @@ MODEL_RULES: dict[str, Rule] = {
     "n_ui_layers": Int(ge=0),
     "n_behavior_layers": Int(ge=0),
     "n_modality_layers": Int(ge=0),
+    "n_mm_layers": Int(ge=0),
     "knn_k": Int(ge=1),
+    "knn_convention": Choice(*MODALITY_PRESETS),
+    "mm_image_weight": Num(ge=0, le=1),
+    "dropout": Num(ge=0, lt=1),
     "reg_weight": Num(ge=0),
     "reg_denominator": Num(gt=0),
     "cl_loss": Num(ge=0),
@@ -220,7 +238,7 @@ RULES: dict[str, Rule] = {
 }
 BACKBONE_RULES: dict[str, Rule] = {
     "kind": Choice("trained", "raw_features", "random"),
-    "export": Choice("fused", "id", "modality"),
+    "export": Choice(*EXPORT_VIEWS),
     "max_epochs": Int(ge=1),
     "seed": Int(),
     "dim": Int(ge=1),
@@ -370,6 +388,20 @@ def _check_relations(cfg: DictConfig, errors: list[str]) -> None:
         errors.append(_bad("ckpt_path", ckpt, "null, 'last' or an existing checkpoint file"))
 
 
+def _check_export(bcfg: DictConfig, prefix: str, errors: list[str]) -> None:
+    """A trained backbone exports a view its model has (``VIEWS``; a model without them: ``fused``)."""
+    view, target = bcfg.get("export"), bcfg.model.get("_target_")
+    if bcfg.get("kind") != "trained" or view not in EXPORT_VIEWS or not isinstance(target, str):
+        return
+    try:
+        cls = model_class(target)
+    except ConfigError:
+        return  # reported by check_model
+    views = tuple(getattr(cls, "VIEWS", ("fused",)))
+    if view not in views:
+        errors.append(_bad(f"{prefix}export", view, f"one of {', '.join(views)} ({cls.__name__}'s views)"))
+
+
 def _used_backbones(cfg: DictConfig) -> list[str]:
     names = []
     src = (cfg.get("model") or {}).get("graph_source")
@@ -393,6 +425,7 @@ def check_config(cfg: DictConfig) -> None:
         _apply(BACKBONE_RULES, bcfg, f"backbones.{name}.", errors)
         if bcfg.get("model") is not None:
             check_model(bcfg.model, f"backbones.{name}.model.", errors)
+            _check_export(bcfg, f"backbones.{name}.", errors)
     bb = cfg.get("backbone")
     if isinstance(bb, str) and bb not in backbones:
         errors.append(_bad("backbone", bb, "one of " + ", ".join(sorted(backbones))))

@@ -57,10 +57,16 @@ def warm_start(net, state: Mapping[str, Any], source: str) -> list[str]:
     }
     missing = [k for k in SHARED_TABLES if k in own and k not in loaded]
     if missing:
-        shapes = {k: tuple(state[k].shape) if k in state else None for k in missing}
+        absent = [k for k in missing if k not in state]
+        if absent:
+            raise ValueError(
+                f"model.init=backbone: the {source} backbone has no {', '.join(absent)} "
+                f"(its tensors: {', '.join(sorted(state)[:6])}, ...): start from scratch or use another graph_source"
+            )
         raise ValueError(
-            f"model.init=backbone: the {source} backbone's {', '.join(missing)} do not match the model's "
-            f"({shapes} vs {[tuple(own[k].shape) for k in missing]}): expected the same model.embedding_dim"
+            f"model.init=backbone: the {source} backbone's {', '.join(missing)} have shapes "
+            f"{[tuple(state[k].shape) for k in missing]}, the model's {[tuple(own[k].shape) for k in missing]}: "
+            "expected the same model.embedding_dim"
         )
     net.load_state_dict(loaded, strict=False)
     log.info("model.init=backbone: %d of %d tensors from %s", len(loaded), len(own), source)
@@ -81,6 +87,7 @@ def build_module(
         item_groups=torch.as_tensor(groups),
         group_ks=tuple(cfg.eval.group_ks),
         graphs=graphs,
+        seed=int(cfg.seed),
     )
 
 

@@ -1,14 +1,15 @@
 """Stage: graph — every item-item graph a model trains on, built here and cached.
 
-* ``S^m``, one per modality: top-``knn_k`` cosine graph of the raw features, MGCN's
-  convention (``egra.graphs.modality_graphs``), for MGCN and EGRA;
+* ``S^m``, one per modality: top-``knn_k`` cosine graph of the raw features, in MGCN's
+  convention (cosine-weighted; MGCN and EGRA) or FREEDOM's (binary edges, each ``1/k``),
+  as ``model.knn_convention`` says (``egra.graphs.modality_graphs``);
 * ``S^pt``: top-``k_pt`` graph of a pretrained backbone's item vectors, self excluded,
   binary or cosine-weighted, symmetrised or directed (``egra-method.md``), for EGRA's
   enhanced behavior graph.
 
 Which graphs a model needs is said by its config (the method's names, :data:`GRAPH_KEYS`):
-``model.knn_k`` (``S^m``), ``model.graph_source``, ``model.k_pt``, ``model.pt_symmetric``,
-``model.pt_weighted`` (``S^pt``). They are read here and stripped before the model is
+``model.knn_k`` and ``model.knn_convention`` (``S^m``), ``model.graph_source``, ``model.k_pt``,
+``model.pt_symmetric``, ``model.pt_weighted`` (``S^pt``). They are read here and stripped before the model is
 built; every other model key is the model's. How the neighbours are searched (FAISS
 method, device, chunking) is the ``graph`` config group, read only by :func:`search_options`.
 
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 #: The arrays of a graph artifact (CSR); an artifact whose manifest lacks one is rebuilt.
 GRAPH_FILES = ("data", "indices", "indptr")
 #: Model config keys that say which graphs to build (read here, never passed to a model).
-GRAPH_KEYS = ("knn_k", "graph_source", "k_pt", "pt_symmetric", "pt_weighted")
+GRAPH_KEYS = ("knn_k", "knn_convention", "graph_source", "k_pt", "pt_symmetric", "pt_weighted")
 #: Search methods that return the exact top-k: one artifact whichever of them built it.
 EXACT_METHODS = ("flat", "flat_sym")
 # Backbone metrics carried into the EGRA run's metrics.json (for side-by-side tables).
@@ -55,6 +56,7 @@ class GraphSpec:
     """The graphs one model config asks for."""
 
     knn_k: int | None = None  # S^m with this k, or none
+    convention: str = "mgcn"  # S^m's edge weights and normalisation (egra.graphs.knn.MODALITY_PRESETS)
     source: str | None = None  # S^pt's backbone (graph_source), or None for models without S^pt
     k_pt: int = 0
     symmetric: bool = True
@@ -67,6 +69,7 @@ class GraphSpec:
         mods = m.get("modalities")
         return cls(
             knn_k=int(m.knn_k) if m.get("knn_k") is not None else None,
+            convention=str(m.get("knn_convention") or "mgcn"),
             source=str(m.graph_source) if "graph_source" in m else None,
             k_pt=int(m.get("k_pt") or 0),
             symmetric=bool(m.get("pt_symmetric", True)),
@@ -177,12 +180,12 @@ def modality_graph_set(
     for m in names:
         if m not in feats:
             raise ValueError(f"modality {m!r} is not in the data's features {sorted(feats)}")
-        params = {"graph": "S^m", "modality": m, "k": spec.knn_k, "convention": "mgcn"}
+        params = {"graph": "S^m", "modality": m, "k": spec.knn_k, "convention": spec.convention}
         key = artifact_key(dataset=fingerprint, **params, **_search_key(opts))
         art = _cached_graph(
             cache,
             key,
-            lambda m=m: modality_graphs({m: feats[m]}, spec.knn_k, **opts)[m],
+            lambda m=m: modality_graphs({m: feats[m]}, spec.knn_k, preset=spec.convention, **opts)[m],
             {**params, "dataset_fingerprint": fingerprint},
         )
         graphs[m], keys[f"S^m/{m}"] = _to_csr(art), key

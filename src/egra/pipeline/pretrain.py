@@ -1,6 +1,6 @@
 """Stage: pretrain — train a backbone and export its item (and user) vectors as an artifact.
 
-Backbones: ``mgcn`` / ``lightgcn`` (fitted like any model, ``egra.pipeline.fit``,
+Backbones: ``mgcn`` / ``freedom`` / ``lightgcn`` (fitted like any model, ``egra.pipeline.fit``,
 early-stopped on valid Recall@20, best-valid weights exported), ``raw_features``
 (concatenated L2-normalised modality features) and ``random`` (the control). The artifact
 key hashes the dataset fingerprint, the backbone's resolved config, the graphs it trains on
@@ -34,7 +34,7 @@ from egra.pipeline.load import load_data, setup_run
 from egra.pipeline.tables import metrics_table
 
 log = logging.getLogger(__name__)
-BACKBONES = ("mgcn", "lightgcn", "raw_features", "random")
+BACKBONES = ("mgcn", "freedom", "lightgcn", "raw_features", "random")
 #: Artifact array names of a trained backbone's weights: ``state.<parameter name>``.
 STATE_PREFIX = "state."
 
@@ -122,7 +122,7 @@ def _train_backbone(
     elif view == "fused":
         users, items = net.export()
     else:
-        raise ValueError(f"backbone {name}: export view {view!r} is only available for MGCN")
+        raise ValueError(f"backbone {name}: export view {view!r}: {type(net).__name__} exports only 'fused'")
     arrays = {"items": items.numpy().astype(np.float32), "users": users.numpy().astype(np.float32)}
     # The best-valid weights, for a model that starts from its backbone (model.init=backbone).
     arrays.update({f"{STATE_PREFIX}{k}": v.detach().numpy() for k, v in net.state_dict().items()})

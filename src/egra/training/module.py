@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -58,6 +59,19 @@ def eval_keys(ks: Sequence[int], n_groups: int = 0, group_ks: Sequence[int] = ()
     return keys
 
 
+#: spawn key of the per-epoch generator handed to a model's epoch hook: a stream apart from
+#: the BPR sampler's (which draws from ``default_rng([seed, epoch(, rank)])``).
+NET_EPOCH_STREAM = 1
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator a model's ``on_train_epoch_start(epoch, rng)`` gets: a pure function of
+    ``(seed, epoch)``, the same on every rank and after a resume."""
+    return np.random.default_rng(
+        np.random.SeedSequence([int(seed), int(epoch)], spawn_key=(NET_EPOCH_STREAM,))
+    )
+
+
 class GraphMismatchError(ValueError):
     """A checkpoint was trained on other graphs than the model it is loaded into."""
 
@@ -90,7 +104,13 @@ def check_graphs(
 
 class RecommenderModule(L.LightningModule):
     """``graphs`` names the item-item graphs ``net`` was built on (name -> ``{"artifact": key,
-    "sha256": content digest}``); checkpoints carry them and loading one checks them."""
+    "sha256": content digest}``); checkpoints carry them and loading one checks them.
+
+    Per-epoch model work: a ``net`` with a method ``on_train_epoch_start(epoch, rng)`` has it
+    called at the start of every training epoch, with ``rng = epoch_rng(seed, epoch)`` (FREEDOM
+    resamples its user-item graph there). Nothing of it is checkpointed: a resumed run redraws
+    the same epoch's randomness from ``(seed, epoch)``.
+    """
 
     def __init__(
         self,
@@ -101,8 +121,10 @@ class RecommenderModule(L.LightningModule):
         item_groups: Tensor | None = None,
         group_ks: Sequence[int] = (20,),
         graphs: Mapping[str, Mapping[str, str]] | None = None,
+        seed: int = 0,
     ):
         super().__init__()
+        self.seed = int(seed)
         self.graphs = {str(k): dict(v) for k, v in (graphs or {}).items()}
         self.net = net
         self.optimizer_factory = optimizer
@@ -128,6 +150,9 @@ class RecommenderModule(L.LightningModule):
     # -- training --------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._train_sums, self._train_rows = {}, 0
+        hook = getattr(self.net, "on_train_epoch_start", None)
+        if callable(hook):
+            hook(self.current_epoch, epoch_rng(self.seed, self.current_epoch))
 
     def setup(self, stage: str) -> None:
         # Before any step (a config validator can call check_precision earlier still).
