@@ -189,10 +189,31 @@ class EGRA(MGCN):
         self.cross_pairs = bool(cross_pairs)
         #: λ(t), set at every epoch start by the schedule callback; λ_max until then.
         self.align_weight = self.lambda_max
-        self.has_item_graph = item_graph is not None and self.beta != 0 and sp.csr_matrix(item_graph).nnz > 0
-        if self.has_item_graph:
-            r = interaction_matrix(train_users, train_items, self.n_users, self.n_items)
-            self.adj = SparseOp(enhanced_adjacency(r, item_graph, self.beta, pt_norm))
+        self._interactions = interaction_matrix(train_users, train_items, self.n_users, self.n_items)
+        #: ``S^pt`` as given (unnormalised; None without one): what :meth:`set_item_graph` last set.
+        self.item_graph: sp.csr_matrix | None = None
+        self.has_item_graph = False
+        if item_graph is not None:
+            self.set_item_graph(item_graph)
+
+    def set_item_graph(self, item_graph: sp.spmatrix | None) -> None:
+        """Use ``item_graph`` as ``S^pt`` from now on: rebuilds ``Â_e`` (``self.adj``) with the
+        model's ``β`` and ``pt_norm``, on the device of its parameters.
+
+        None, an empty graph or ``β = 0`` give LightGCN's ``Â`` (EGRA without the enhanced
+        graph). The constructor's ``item_graph`` goes through here; ``graph_source=self``
+        swaps in graphs of the model's own item vectors during training (the training
+        layer builds them: ``egra.training.callbacks.GraphRefresh``).
+        """
+        g = None if item_graph is None else sp.csr_matrix(item_graph, dtype=np.float32)
+        if g is not None and g.shape != (self.n_items, self.n_items):
+            raise ValueError(f"item_graph has shape {g.shape}, expected ({self.n_items},) * 2")
+        self.item_graph = g
+        self.has_item_graph = g is not None and self.beta != 0 and g.nnz > 0
+        a_e = enhanced_adjacency(
+            self._interactions, g if self.has_item_graph else None, self.beta, self.pt_norm
+        )
+        self.adj = SparseOp(a_e).to(self.item_emb.device)
 
     def purified(self, m: str) -> Tensor:
         """``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` — ``[I, d]`` (``modality_input="purifier"``: MGCN's)."""

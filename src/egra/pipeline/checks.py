@@ -33,7 +33,7 @@ from egra.graphs.knn import METHODS as KNN_METHODS
 from egra.graphs.knn import MODALITY_PRESETS
 from egra.models.egra import ALIGN_ANCHORS, ALIGN_SCALES, ALIGN_VIEWS, MODALITY_INPUTS, RAMPS, WEIGHTING_MODES
 from egra.pipeline.fit import INITS, RECIPE_KEYS
-from egra.pipeline.graph import GRAPH_KEYS
+from egra.pipeline.graph import GRAPH_INITS, GRAPH_KEYS, SELF_SOURCE
 
 
 class ConfigError(ValueError):
@@ -175,7 +175,9 @@ MODEL_RULES: dict[str, Rule] = {
     "pt_symmetric": BOOL,
     "pt_weighted": BOOL,
     "k_pt": Int(ge=0),  # 0 only with graph_source=none (see _check_relations)
-    "graph_source": Rule("str"),  # a backbone name or "none": checked against cfg.backbones
+    "graph_source": Rule("str"),  # a backbone name, "self" or "none": checked against cfg.backbones
+    "graph_refresh_every": Int(ge=1),
+    "graph_init": Choice(*GRAPH_INITS),
     "modalities": Rule("strs", optional=True),
     "lr_decay": Rule("pair", optional=True),
     "init": Choice(*INITS),  # backbone: needs a trained graph_source (see _check_relations)
@@ -352,7 +354,7 @@ def check_model(mcfg: DictConfig, prefix: str, errors: list[str]) -> None:
 def _check_relations(cfg: DictConfig, errors: list[str]) -> None:
     m = cfg.get("model") or {}
     if "graph_source" in m:
-        sources = [*sorted((cfg.get("backbones") or {}).keys()), NO_GRAPH]
+        sources = [*sorted((cfg.get("backbones") or {}).keys()), SELF_SOURCE, NO_GRAPH]
         src = m.get("graph_source")
         if src not in sources:
             errors.append(_bad("model.graph_source", src, "one of " + ", ".join(sources)))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,16 +145,19 @@ def _fit_summary(trainer: L.Trainer, module: RecommenderModule) -> tuple[int, in
     return module.best_epoch, int(trainer.current_epoch)
 
 
-def fit(cfg: DictConfig, dm, module: RecommenderModule, out_dir: Path) -> Fitted:
+def fit(
+    cfg: DictConfig, dm, module: RecommenderModule, out_dir: Path, callbacks: Sequence[L.Callback] = ()
+) -> Fitted:
     """Train ``module`` with ``cfg.trainer``, its callbacks (early stopping, checkpoints
-    under ``out_dir``) and loggers; resume from ``cfg.ckpt_path`` when set."""
+    under ``out_dir``), the pipeline's ``callbacks`` (e.g. the graph refresh of
+    ``graph_source=self``) and loggers; resume from ``cfg.ckpt_path`` when set."""
     t_start = time.perf_counter()
     clock = FitClock()  # issue 13 hook: fit_time_s adds up across resumes
     loggers = _loggers(cfg)
     ckpt_path = resolve_ckpt(cfg, out_dir)
     keep_csv_history(loggers, ckpt_path)  # issue 13 hook: the curve before a kill stays
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=[*_callbacks(cfg), clock], logger=loggers or False
+        cfg.trainer, callbacks=[*_callbacks(cfg), *callbacks, clock], logger=loggers or False
     )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -5,11 +5,15 @@
   as ``model.knn_convention`` says (``egra.graphs.modality_graphs``);
 * ``S^pt``: top-``k_pt`` graph of a pretrained backbone's item vectors, self excluded,
   binary or cosine-weighted, symmetrised or directed (``egra-method.md``), for EGRA's
-  enhanced behavior graph.
+  enhanced behavior graph. With ``graph_source=self`` no backbone is pretrained: ``S^pt``
+  is rebuilt during training from EGRA's own item vectors every ``graph_refresh_every``
+  epochs (:func:`refresh_callback`, the same builder as here), starting from the raw
+  features' graph (``graph_init=raw_features``, built here) or from none (``warmup``).
 
 Which graphs a model needs is said by its config (the method's names, :data:`GRAPH_KEYS`):
 ``model.knn_k`` and ``model.knn_convention`` (``S^m``), ``model.graph_source``, ``model.k_pt``,
-``model.pt_symmetric``, ``model.pt_weighted`` (``S^pt``). They are read here and stripped before the model is
+``model.pt_symmetric``, ``model.pt_weighted``, ``model.graph_refresh_every``, ``model.graph_init``
+(``S^pt``). They are read here and stripped before the model is
 built; every other model key is the model's. How the neighbours are searched (FAISS
 method, device, chunking) is the ``graph`` config group, read only by :func:`search_options`.
 
@@ -21,9 +25,10 @@ get their names (:meth:`Graphs.names`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,13 +39,28 @@ from omegaconf import DictConfig, OmegaConf
 from egra.graphs import graph_digest, knn_graph, modality_graphs, rank_device
 from egra.pipeline import dist
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
+from egra.training.callbacks import GraphRefresh
 
 log = logging.getLogger(__name__)
 
 #: The arrays of a graph artifact (CSR); an artifact whose manifest lacks one is rebuilt.
 GRAPH_FILES = ("data", "indices", "indptr")
 #: Model config keys that say which graphs to build (read here, never passed to a model).
-GRAPH_KEYS = ("knn_k", "knn_convention", "graph_source", "k_pt", "pt_symmetric", "pt_weighted")
+GRAPH_KEYS = (
+    "knn_k",
+    "knn_convention",
+    "graph_source",
+    "k_pt",
+    "pt_symmetric",
+    "pt_weighted",
+    "graph_refresh_every",
+    "graph_init",
+)
+#: ``graph_source`` of an ``S^pt`` built during training from the model's own item vectors.
+SELF_SOURCE = "self"
+#: ``S^pt`` of a ``graph_source=self`` run before its first refresh: the raw features' kNN
+#: graph, or none (the enhanced graph starts with the first refresh).
+GRAPH_INITS = ("raw_features", "warmup")
 #: Search methods that return the exact top-k: one artifact whichever of them built it.
 EXACT_METHODS = ("flat", "flat_sym")
 # Backbone metrics carried into the EGRA run's metrics.json (for side-by-side tables).
@@ -62,6 +82,8 @@ class GraphSpec:
     symmetric: bool = True
     weighted: bool = False
     modalities: tuple[str, ...] | None = None
+    refresh_every: int = 5  # graph_source=self: epochs between rebuilds of S^pt
+    init: str = "raw_features"  # graph_source=self: S^pt before the first rebuild (GRAPH_INITS)
 
     @classmethod
     def of(cls, model_cfg: DictConfig) -> GraphSpec:
@@ -75,12 +97,22 @@ class GraphSpec:
             symmetric=bool(m.get("pt_symmetric", True)),
             weighted=bool(m.get("pt_weighted", False)),
             modalities=tuple(mods) if mods else None,
+            refresh_every=int(m.get("graph_refresh_every") or 5),
+            init=str(m.get("graph_init") or "raw_features"),
         )
 
     @property
     def pretrained_source(self) -> str | None:
-        """The backbone ``S^pt`` is built from, or None when no ``S^pt`` is wanted."""
-        return None if self.source in (None, "none") or self.k_pt == 0 else self.source
+        """The backbone ``S^pt`` is built from, or None when no pretrained ``S^pt`` is wanted
+        (none at all, or ``graph_source=self``)."""
+        if self.source in (None, "none", SELF_SOURCE) or self.k_pt == 0:
+            return None
+        return self.source
+
+    @property
+    def self_graph(self) -> bool:
+        """``S^pt`` is rebuilt during training from the model's own item vectors."""
+        return self.source == SELF_SOURCE and self.k_pt > 0
 
 
 def constructor_config(model_cfg: DictConfig) -> DictConfig:
@@ -192,6 +224,22 @@ def modality_graph_set(
     return graphs, keys
 
 
+def pt_graph_builder(cfg: DictConfig, spec: GraphSpec) -> Callable[[np.ndarray], sp.csr_matrix]:
+    """``vectors -> S^pt``: the top-``k_pt`` graph of item vectors with ``spec``'s conventions
+    (self excluded, binary or weighted, symmetrised or directed) and the ``graph`` group's
+    search, unnormalised (it is normalised as part of the enhanced adjacency). Every ``S^pt``
+    is built by it: from a backbone's vectors, the raw features, or EGRA's own."""
+    return functools.partial(
+        knn_graph,
+        k=spec.k_pt,
+        include_self=False,
+        symmetric=spec.symmetric,
+        weighted=spec.weighted,
+        normalization="none",
+        **search_options(cfg),
+    )
+
+
 def pretrained_graph(cfg: DictConfig, spec: GraphSpec, emb: Artifact) -> tuple[sp.csr_matrix, Artifact]:
     """``S^pt`` from the item vectors of the embedding artifact ``emb`` (unnormalised: it is
     normalised as part of the enhanced adjacency)."""
@@ -199,21 +247,47 @@ def pretrained_graph(cfg: DictConfig, spec: GraphSpec, emb: Artifact) -> tuple[s
     params = {"k": spec.k_pt, "symmetric": spec.symmetric, "weighted": spec.weighted}
     # The embedding's key from its directory name, not from its manifest's metadata.
     key = artifact_key(embedding=emb.path.name, **params, **_search_key(opts))
-
-    def build() -> sp.csr_matrix:
-        return knn_graph(
-            emb.array("items"),
-            spec.k_pt,
-            include_self=False,
-            symmetric=spec.symmetric,
-            weighted=spec.weighted,
-            normalization="none",
-            **opts,
-        )
-
+    build = pt_graph_builder(cfg, spec)
     meta = {"graph": "S^pt", "embedding_artifact": str(emb.path), **params, "method": opts["method"]}
-    art = _cached_graph(ArtifactCache(cfg.paths.artifact_dir), key, build, meta)
+    art = _cached_graph(ArtifactCache(cfg.paths.artifact_dir), key, lambda: build(emb.array("items")), meta)
     return _to_csr(art), art
+
+
+def raw_feature_vectors(dm) -> np.ndarray:
+    """The concatenated L2-normalised modality features (the ``raw_features`` item vectors)."""
+    feats = dm.data.features
+    if not feats:
+        raise ValueError(f"backbone raw_features needs item features, but {dm.data.source} has none")
+    blocks = []
+    for name in sorted(feats):
+        f = feats[name].astype(np.float32)
+        norm = np.linalg.norm(f, axis=1, keepdims=True)
+        blocks.append(np.divide(f, norm, out=np.zeros_like(f), where=norm > 0))
+    return np.concatenate(blocks, axis=1)
+
+
+def initial_self_graph(cfg: DictConfig, dm, spec: GraphSpec) -> tuple[sp.csr_matrix, Artifact]:
+    """``graph_source=self``, ``graph_init=raw_features``: ``S^pt`` of the raw features until the
+    first refresh. A graph artifact keyed by the dataset; no embedding artifact is written."""
+    opts = search_options(cfg)
+    fingerprint = dm.data.fingerprint()
+    params = {"graph": "S^pt", "vectors": "raw_features", "k": spec.k_pt}
+    params.update({"symmetric": spec.symmetric, "weighted": spec.weighted})
+    key = artifact_key(dataset=fingerprint, **params, **_search_key(opts))
+    build = pt_graph_builder(cfg, spec)
+    meta = {**params, "dataset_fingerprint": fingerprint, "method": opts["method"]}
+    art = _cached_graph(
+        ArtifactCache(cfg.paths.artifact_dir), key, lambda: build(raw_feature_vectors(dm)), meta
+    )
+    return _to_csr(art), art
+
+
+def refresh_callback(cfg: DictConfig, spec: GraphSpec) -> GraphRefresh | None:
+    """For ``graph_source=self``: the callback that rebuilds ``S^pt`` from the model's item
+    vectors every ``graph_refresh_every`` epochs with :func:`pt_graph_builder`; else None."""
+    if not spec.self_graph:
+        return None
+    return GraphRefresh(every=spec.refresh_every, build=pt_graph_builder(cfg, spec))
 
 
 def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None) -> Graphs:
@@ -225,7 +299,22 @@ def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None
     if spec.source is not None:
         # k_pt=0 is refused by egra.pipeline.checks; a caller that skips the checks still gets
         # metrics.json saying what was used: no S^pt.
-        out.info["graph_source"] = spec.source if spec.pretrained_source is not None else "none"
+        used = spec.pretrained_source is not None or spec.self_graph
+        out.info["graph_source"] = spec.source if used else "none"
+    if spec.self_graph:
+        out.info.update({"graph_init": spec.init, "graph_refresh_every": spec.refresh_every})
+        if spec.init == "raw_features":
+            t0 = time.perf_counter()
+            out.pretrained, art = initial_self_graph(cfg, dm, spec)
+            out.artifacts["S^pt"] = art.path.name
+            out.info.update(
+                {
+                    "graph_artifact": str(art.path),
+                    "graph_reused": art.reused,
+                    "graph_s": round(time.perf_counter() - t0, 3),
+                    "graph_nnz": int(len(art.array("indices"))),
+                }
+            )
     if spec.pretrained_source is not None:
         if backbone is None:
             raise ValueError(f"S^pt from {spec.pretrained_source!r} needs its pretrained embedding artifact")

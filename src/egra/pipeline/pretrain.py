@@ -28,7 +28,7 @@ from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
 from egra.pipeline.checks import check_config, check_data
 from egra.pipeline.evaluate import evaluate
 from egra.pipeline.fit import build_module, build_net, fit
-from egra.pipeline.graph import Graphs, GraphSpec, build_graphs, constructor_config
+from egra.pipeline.graph import Graphs, GraphSpec, build_graphs, constructor_config, raw_feature_vectors
 from egra.pipeline.history import resumable
 from egra.pipeline.load import load_data, setup_run
 from egra.pipeline.tables import metrics_table
@@ -76,18 +76,6 @@ def _key(cfg: DictConfig, name: str, fingerprint: str, graphs: Graphs | None = N
         # What the artifact holds: format 2 adds the weights (``state.<name>``) for model.init.
         parts["format"] = 2
     return artifact_key(**parts)
-
-
-def _raw_features(dm) -> np.ndarray:
-    feats = dm.data.features
-    if not feats:
-        raise ValueError(f"backbone raw_features needs item features, but {dm.data.source} has none")
-    blocks = []
-    for name in sorted(feats):
-        f = feats[name].astype(np.float32)
-        norm = np.linalg.norm(f, axis=1, keepdims=True)
-        blocks.append(np.divide(f, norm, out=np.zeros_like(f), where=norm > 0))
-    return np.concatenate(blocks, axis=1)
 
 
 def _train_backbone(
@@ -159,7 +147,7 @@ def pretrain(cfg: DictConfig, dm, name: str, graphs: Graphs | None = None) -> Ar
         t0 = time.perf_counter()
         log.info("pretraining backbone %s on %s", name, dm.data.name)
         if bcfg["kind"] == "raw_features":
-            arrays, extra = {"items": _raw_features(dm)}, {}
+            arrays, extra = {"items": raw_feature_vectors(dm)}, {}
         elif bcfg["kind"] == "random":
             rng = np.random.default_rng(int(bcfg["seed"]))
             arrays, extra = (

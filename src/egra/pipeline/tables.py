@@ -52,6 +52,19 @@ def side_by_side(metrics: Mapping[str, float], keys: Sequence[str] | None = None
     return "\n".join(lines)
 
 
+def self_graph_line(metrics: Mapping[str, Any]) -> str:
+    """What a ``graph_source=self`` run did instead of pretraining a backbone (no side-by-side)."""
+    n, every = metrics.get("graph_refreshes", 0), metrics.get("graph_refresh_every", "?")
+    start = {"raw_features": "the raw features' graph", "warmup": "no S^pt"}.get(
+        str(metrics.get("graph_init")), str(metrics.get("graph_init"))
+    )
+    return (
+        f"{metrics['model']} built S^pt from its own item vectors (no pretrained backbone): "
+        f"started with {start}, rebuilt {n} time{'s' if n != 1 else ''} (every {every} epochs, "
+        f"{float(metrics.get('graph_refresh_s', 0.0)):.1f}s)"
+    )
+
+
 def report(cfg: DictConfig, metrics: Mapping[str, Any], out_dir: Path) -> Path:
     """Stage: report — ``metrics.json`` and ``config_resolved.yaml`` in the run directory and
     the tables on the terminal. Called on rank 0 only: one file, one table per run."""
@@ -66,5 +79,7 @@ def report(cfg: DictConfig, metrics: Mapping[str, Any], out_dir: Path) -> Path:
     if any(k.startswith("backbone/") for k in metrics):
         print(f"\n{metrics['model']} next to its backbone ({metrics['graph_source']}, pretrained):")
         print(side_by_side(metrics))
+    elif metrics.get("graph_source") == "self":
+        print(f"\n{self_graph_line(metrics)}")
     print(f"results: {metrics_path}")
     return metrics_path

@@ -6,7 +6,8 @@
 * **pretrain** (``egra.pipeline.pretrain``): for a model trained on ``S^pt`` (EGRA), the
   backbone's embedding artifact (its own graphs ``S^m`` come from the graph stage first);
 * **graph** (``egra.pipeline.graph``): every graph the model needs (``S^m``, ``S^pt``),
-  as cached artifacts, handed to the model's constructor;
+  as cached artifacts, handed to the model's constructor (``graph_source=self``: also the
+  callback that rebuilds ``S^pt`` from the model's own vectors during the fit);
 * **fit** (``egra.pipeline.fit``): Lightning fit with early stopping and checkpoints;
 * **evaluate** (``egra.pipeline.evaluate``): valid and test on the best checkpoint;
 * **report** (``egra.pipeline.tables.report``): ``metrics.json`` and the tables, on rank 0.
@@ -76,8 +77,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.model.get("init", "scratch") == "backbone":
         stage_info["init_tensors"] = len(fit.warm_start(net, pretrain.backbone_state(backbone), spec.source))
     module = fit.build_module(cfg, dm, net, graphs.names())
-    fitted = fit.fit(cfg, dm, module, out_dir)
-    metrics = evaluate.evaluate(cfg, dm, fitted, {**stage_info, **graphs.info}, started=started)
+    refresh = graph.refresh_callback(cfg, spec)  # graph_source=self: S^pt rebuilt while training
+    fitted = fit.fit(cfg, dm, module, out_dir, callbacks=[refresh] if refresh else [])
+    info = {**stage_info, **graphs.info, **(refresh.summary() if refresh else {})}
+    metrics = evaluate.evaluate(cfg, dm, fitted, info, started=started)
     metrics[HASH_KEY] = config_hash(cfg)  # issue 13 hook: what skip_if_done compares
     if dist.rank() == 0:
         tables.report(cfg, metrics, out_dir)

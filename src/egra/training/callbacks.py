@@ -1,12 +1,16 @@
-"""Callbacks: the epoch-level alignment weight λ(t), the collapse guard, loss-term diagnostics."""
+"""Callbacks: the epoch-level alignment weight λ(t), the collapse guard, loss-term diagnostics,
+the refresh of EGRA's item graph from its own vectors (``graph_source=self``)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import lightning as L
+import numpy as np
+import scipy.sparse as sp
 import torch
 
 from egra.data.interactions import TRAIN, VALID
@@ -225,3 +229,95 @@ class FitClock(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, float]) -> None:
         self.before_s = float(state_dict.get("fit_time_s", 0.0))
+
+
+def edge_overlap(new: sp.spmatrix, old: sp.spmatrix | None) -> float:
+    """Fraction of ``new``'s edges (non-zero positions) that ``old`` has too; 0 without ``old``."""
+    new = sp.csr_matrix(new)
+    if old is None or new.nnz == 0:
+        return 0.0
+    both = new.astype(bool).multiply(sp.csr_matrix(old).astype(bool))
+    return float(both.nnz / new.nnz)
+
+
+class GraphRefresh(L.Callback):
+    """``graph_source=self``: rebuilds the model's item graph ``S^pt`` from its own item vectors.
+
+    At the start of every training epoch ``t > 0`` with ``t % every == 0`` the model's item
+    rows (``net.export()``: eval mode, no gradient, the vectors it scores with) go through
+    ``build`` (``vectors [I, d] -> S^pt``, the pipeline's kNN graph builder) and the graph is
+    handed to ``net.set_item_graph``. Logs ``graph/refresh_s``, ``graph/edges`` and
+    ``graph/overlap`` (the fraction of the new graph's edges the previous one had; 0 when
+    there was none).
+
+    Which epochs refresh depends on the epoch alone, and the model's current graph is in
+    every checkpoint (the callback sets ``pl_module.item_graph_in_checkpoint``; see
+    ``RecommenderModule.on_save_checkpoint``), so a resumed run, and the evaluation of the
+    best checkpoint, use the graph that epoch trained on. Under DDP rank 0 builds the graph
+    and broadcasts it: every rank holds the same one.
+    """
+
+    def __init__(self, every: int, build: Callable[[np.ndarray], sp.csr_matrix]):
+        if int(every) < 1:
+            raise ValueError(f"graph_refresh_every must be >= 1, got {every}")
+        self.every = int(every)
+        self.build = build
+        self.refreshes = 0
+        self.refresh_s = 0.0
+        self.edges = 0
+
+    def refresh_epoch(self, epoch: int) -> bool:
+        """Whether training epoch ``epoch`` (0-based) starts with a rebuilt ``S^pt``."""
+        return epoch > 0 and epoch % self.every == 0
+
+    def state_dict(self) -> dict:
+        return {"refreshes": self.refreshes, "refresh_s": self.refresh_s, "edges": self.edges}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.refreshes = int(state_dict.get("refreshes", 0))
+        self.refresh_s = float(state_dict.get("refresh_s", 0.0))
+        self.edges = int(state_dict.get("edges", 0))
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        pl_module.item_graph_in_checkpoint = True
+
+    def graph_of(self, net) -> sp.csr_matrix:
+        """``S^pt`` of the model's current item vectors."""
+        items = net.export()[1]
+        return self.build(items.detach().float().cpu().numpy())
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.refresh_epoch(trainer.current_epoch):
+            return
+        net = pl_module.net
+        built = None
+        if trainer.is_global_zero:
+            t0 = time.perf_counter()
+            graph = self.graph_of(net)
+            built = (graph, time.perf_counter() - t0)
+        graph, seconds = trainer.strategy.broadcast(built, src=0)
+        overlap = edge_overlap(graph, net.item_graph)
+        net.set_item_graph(graph)
+        self.refreshes += 1
+        self.refresh_s += seconds
+        self.edges = int(graph.nnz)
+        log.info(
+            "epoch %d: S^pt rebuilt from the model's item vectors: %d edges, %.0f%% kept (%.2fs)",
+            trainer.current_epoch,
+            graph.nnz,
+            100 * overlap,
+            seconds,
+        )
+        pl_module.log_dict(
+            {"graph/refresh_s": float(seconds), "graph/edges": float(graph.nnz), "graph/overlap": overlap},
+            on_step=False,
+            on_epoch=True,
+        )
+
+    def summary(self) -> dict[str, float | int]:
+        """For metrics.json: refreshes done, their total seconds, the last graph's edges."""
+        return {
+            "graph_refreshes": self.refreshes,
+            "graph_refresh_s": round(self.refresh_s, 3),
+            "graph_refresh_edges": self.edges,
+        }

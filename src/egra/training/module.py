@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -70,6 +71,32 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng(
         np.random.SeedSequence([int(seed), int(epoch)], spawn_key=(NET_EPOCH_STREAM,))
     )
+
+
+#: Checkpoint key of the model's current item graph ``S^pt`` when it changes during training.
+ITEM_GRAPH_KEY = "egra_item_graph"
+
+
+def graph_to_state(graph: sp.spmatrix | None) -> dict[str, Tensor] | None:
+    """A sparse graph as CSR tensors (what ``torch.load(weights_only=True)`` reads back)."""
+    if graph is None:
+        return None
+    g = sp.csr_matrix(graph, dtype=np.float32)
+    return {
+        "shape": torch.tensor(g.shape, dtype=torch.long),
+        "indptr": torch.from_numpy(g.indptr.astype(np.int64)),
+        "indices": torch.from_numpy(g.indices.astype(np.int64)),
+        "data": torch.from_numpy(g.data.copy()),
+    }
+
+
+def graph_from_state(state: Mapping[str, Tensor] | None) -> sp.csr_matrix | None:
+    """Inverse of :func:`graph_to_state`."""
+    if state is None:
+        return None
+    shape = tuple(int(n) for n in state["shape"])
+    arrays = (state["data"].numpy(), state["indices"].numpy(), state["indptr"].numpy())
+    return sp.csr_matrix(arrays, shape=shape, dtype=np.float32)
 
 
 class GraphMismatchError(ValueError):
@@ -146,6 +173,9 @@ class RecommenderModule(L.LightningModule):
         self._train_rows = 0
         self._prefix = "valid"  # the evaluation loop running ("valid" | "test"), set at its start
         self.per_user_test: dict[str, list[Tensor]] = {}
+        #: Set by a callback that changes the model's item graph during training (GraphRefresh):
+        #: checkpoints then carry the model's current ``S^pt``, and loading one restores it.
+        self.item_graph_in_checkpoint = False
 
     # -- training --------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -362,9 +392,14 @@ class RecommenderModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["egra_best"] = {"epoch": self.best_epoch, "score": self.best_score}
         checkpoint["egra_graphs"] = self.graphs
+        if self.item_graph_in_checkpoint:
+            checkpoint[ITEM_GRAPH_KEY] = graph_to_state(self.net.item_graph)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_graphs(checkpoint.get("egra_graphs"), self.graphs)
         best = checkpoint.get("egra_best", {})
         self.best_epoch = int(best.get("epoch", -1))
         self.best_score = float(best.get("score", float("-inf")))
+        if ITEM_GRAPH_KEY in checkpoint:
+            # The S^pt the checkpoint's weights trained with (graph_source=self rebuilds it).
+            self.net.set_item_graph(graph_from_state(checkpoint[ITEM_GRAPH_KEY]))
