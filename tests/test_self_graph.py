@@ -224,6 +224,17 @@ def test_self_graph_pipeline_pretrains_nothing_and_learns(cfg_factory, capsys):
     assert self_graph_line(metrics) in out and "rebuilt 5 times (every 5 epochs" in out
 
 
+def test_self_before_its_first_refresh_is_graph_source_raw_features(cfg_factory):
+    """Same S^pt (one builder for every S^pt) and the same initial weights (no pretraining stage
+    to consume or re-seed the RNGs in either): the same run, number for number."""
+    base = ["experiment=egra_tiny", "trainer.max_epochs=3"]
+    raw = run(cfg_factory([*base, "model.graph_source=raw_features"], sub="raw"))
+    own = run(cfg_factory([*base, "model.graph_source=self", "model.graph_refresh_every=10"], sub="self"))
+    assert own["graph_refreshes"] == 0 and own["graph_nnz"] == raw["graph_nnz"]
+    for key in COMPARED:
+        assert own[key] == raw[key], key
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("init", ["raw_features", "warmup"])
 def test_resume_after_a_refresh_matches_uninterrupted(cfg_factory, init):

@@ -13,9 +13,9 @@
 Which graphs a model needs is said by its config (the method's names, :data:`GRAPH_KEYS`):
 ``model.knn_k`` and ``model.knn_convention`` (``S^m``), ``model.graph_source``, ``model.k_pt``,
 ``model.pt_symmetric``, ``model.pt_weighted``, ``model.graph_refresh_every``, ``model.graph_init``
-(``S^pt``). They are read here and stripped before the model is
-built; every other model key is the model's. How the neighbours are searched (FAISS
-method, device, chunking) is the ``graph`` config group, read only by :func:`search_options`.
+(``S^pt``). They are read here and stripped before the model is built; every other model key
+is the model's. How the neighbours are searched (FAISS method, device, chunking) is the
+``graph`` config group, read only by :func:`search_options`.
 
 Each graph is an artifact ``graphs/<key>/`` (CSR arrays + manifest) whose key hashes what
 determines its content: the dataset fingerprint or the embedding artifact, the graph's
@@ -97,8 +97,8 @@ class GraphSpec:
             symmetric=bool(m.get("pt_symmetric", True)),
             weighted=bool(m.get("pt_weighted", False)),
             modalities=tuple(mods) if mods else None,
-            refresh_every=int(m.get("graph_refresh_every") or 5),
-            init=str(m.get("graph_init") or "raw_features"),
+            refresh_every=int(m.get("graph_refresh_every", 5)),
+            init=str(m.get("graph_init", "raw_features")),
         )
 
     @property
@@ -291,7 +291,8 @@ def refresh_callback(cfg: DictConfig, spec: GraphSpec) -> GraphRefresh | None:
 
 
 def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None) -> Graphs:
-    """Every graph ``spec`` asks for: ``S^m`` from the features, ``S^pt`` from ``backbone``."""
+    """Every graph ``spec`` asks for: ``S^m`` from the features, ``S^pt`` from ``backbone``
+    (``graph_source=self``: the raw features' first ``S^pt``, or none with ``graph_init=warmup``)."""
     out = Graphs(spec=spec)
     if spec.knn_k is not None:
         out.modality, keys = modality_graph_set(cfg, dm, spec)
