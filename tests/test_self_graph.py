@@ -188,6 +188,7 @@ def test_config_rules(tmp_path):
         ("model.graph_refresh_every=0", "model.graph_refresh_every=0: expected an integer >= 1"),
         ("model.graph_init=later", "model.graph_init='later': expected one of raw_features, warmup"),
         ("model.k_pt=0", "model.graph_source=none"),
+        ("model.init=backbone", "model.init=backbone needs a trained backbone"),  # there is none
     ):
         with pytest.raises(ConfigError, match=needle):
             check_config(make_cfg(tmp_path, [*SELF, bad]))
