@@ -1,0 +1,167 @@
+"""`make reproduce` (egra-reproduce): the paper's experiments on one dataset, resumable, one report."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from egra.cli.reproduce import main as reproduce_main
+from egra.pipeline.checks import ConfigError
+from egra.pipeline.reproduce import (
+    TITLES,
+    Plan,
+    Run,
+    Setting,
+    dataset_label,
+    dataset_overrides,
+    load_budget,
+    settings,
+    write_report,
+)
+from tests.conftest import CONF_DIR
+
+PNGS = (
+    "long_tail.png",
+    "sensitivity_model_lambda_min.png",
+    "sensitivity_model_lambda_max.png",
+    "sensitivity_model_P.png",
+    "sensitivity_model_k_pt.png",
+)
+
+
+def test_dataset_names():
+    assert dataset_overrides(CONF_DIR, "baby") == ["data=baby"]
+    assert dataset_overrides(CONF_DIR, "tiny") == ["data=synthetic", "data.preset=tiny"]
+    assert dataset_overrides(CONF_DIR, "synthetic-baby") == ["data=synthetic", "data.preset=baby"]
+    with pytest.raises(ConfigError, match="expected a data config"):
+        dataset_overrides(CONF_DIR, "nope")
+    assert dataset_label("baby", ["data=mmrec", "data.root=/x/my-shop"]) == "my-shop"
+
+
+def test_budgets_list_every_experiment_and_gate_missing_models(tmp_path):
+    for name in ("smoke", "full"):
+        budget = load_budget(CONF_DIR, name)
+        found, skipped = settings(budget, CONF_DIR)
+        sections = {s.section for s in found}
+        assert sections == {"overall", "ablations", "long_tail", "sensitivity"}, name
+        assert "freedom" in budget.overall.models
+        has_freedom = (Path(CONF_DIR) / "model" / "freedom.yaml").is_file()
+        assert any("freedom" in line for line in skipped) != has_freedom
+        assert {s.param for s in found if s.param} == {
+            "model.lambda_min",
+            "model.lambda_max",
+            "model.P",
+            "model.k_pt",
+        }
+    assert len(load_budget(CONF_DIR, "full").seeds) == 5
+    # A model without conf/model/<name>.yaml is skipped with one line, not run.
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "model" / "egra.yaml").write_text("{}")
+    found, skipped = settings(OmegaConf.create({"overall": {"models": ["egra", "freedom"]}}), conf)
+    assert [s.label for s in found] == ["egra"]
+    assert skipped == ["overall: freedom skipped (no conf/model/freedom.yaml)"]
+    with pytest.raises(ConfigError, match="budgets: full, smoke"):
+        load_budget(CONF_DIR, "medium")
+
+
+def test_report_marks_collapsed_and_failed_runs(tmp_path):
+    """Collapsed runs count in the means and are flagged; failed ones are listed, not averaged."""
+
+    def run(section, label, seed, status, recall, param=None, value=None, model="EGRA"):
+        m = None
+        if status != "failed":
+            m = {"test/Recall@20": recall, "test/NDCG@20": recall / 2, "status": status, "wall_time_s": 1.0}
+            m.update({f"test/popgroup{g}/Recall@20": recall * g for g in range(3)})
+            if status == "collapsed":
+                m["collapse"] = "BPR at ln 2"
+        setting = Setting(section, label, (), param, value)
+        r = Run(setting, seed, tmp_path / "runs" / section / setting.slug / f"seed{seed}", "h", model)
+        r.status, r.metrics = status, m
+        r.error = "RuntimeError: boom" if status == "failed" else None
+        return r
+
+    p = Plan(tmp_path, ["data.preset=tiny"], [0, 1])
+    p.runs = [
+        run("overall", "egra", 0, "ok", 0.2),
+        run("overall", "egra", 1, "collapsed", 0.1),
+        run("overall", "mgcn", 0, "failed", 0, model="MGCN"),
+        run("overall", "mgcn", 1, "failed", 0, model="MGCN"),
+        run("ablations", "EGRA", 0, "ok", 0.2),
+        run("long_tail", "EGRA", 0, "ok", 0.2),
+        run("long_tail", "EGRA without S^pt", 0, "ok", 0.1),
+        run("sensitivity", "k_pt=5", 0, "ok", 0.3, "model.k_pt", 5),
+        run("sensitivity", "k_pt=10", 0, "collapsed", 0.1, "model.k_pt", 10),
+    ]
+    p.skipped = ["overall: freedom skipped (no conf/model/freedom.yaml)"]
+    write_report(p, "t")
+    text = (tmp_path / "report.md").read_text()
+    assert re.search(r"\| EGRA \| 1 ok, 1 collapsed \| \S* ?0\.1500 ± 0\.0707", text)
+    assert "| MGCN | 2 failed |" in text  # mgcn: no numbers, but a row
+    assert "- failed: overall / mgcn, seed 0 (`runs/overall/mgcn/seed0`): RuntimeError: boom" in text
+    assert "- collapsed: overall / egra, seed 1" in text and "BPR at ln 2" in text
+    assert "freedom skipped" in text
+    assert "| 10 | 1 collapsed |" in text
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert rows["status"].tolist().count("failed") == 2 and "skipped" in set(rows["status"])
+
+
+def _metrics_mtimes(out: Path) -> dict[Path, float]:
+    return {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("metrics.json")}
+
+
+def _launched(printed: str) -> int:
+    return int(re.search(r"(\d+) run now", printed).group(1))
+
+
+@pytest.mark.slow
+def test_smoke_reproduction_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
+    """BUDGET=smoke on tiny through egra-reproduce's entry point: every section, figure and
+    results.csv row; a second call runs nothing; a deleted result re-runs that job alone."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rep"
+    args = ["--budget", "smoke", "--dataset", "tiny", "--out", str(out), f"paths.root_dir={tmp_path}"]
+    assert reproduce_main(args) == 0
+    first = capsys.readouterr().out
+
+    text = (out / "report.md").read_text()
+    for title in TITLES.values():
+        assert f"## {title}" in text
+    for name in PNGS:
+        assert (out / name).stat().st_size > 1000, name
+    budget = load_budget(CONF_DIR, "smoke")
+    found, skipped = settings(budget, CONF_DIR)
+    rows = pd.read_csv(out / "results.csv")
+    ran = rows[rows["status"] != "skipped"]
+    assert len(ran) == len(found) * len(budget.seeds)
+    assert set(ran["status"]) == {"ok"} and ran["test/Recall@20"].notna().all()
+    assert ran.groupby("experiment").size().to_dict() == {
+        "overall": len(budget.overall.models) - len(skipped),
+        "ablations": len(budget.ablations),
+        "long_tail": len(budget.long_tail),
+        "sensitivity": sum(len(v) for v in budget.sensitivity.grids.values()),
+    }
+    assert (rows["status"] == "skipped").sum() == len(skipped)
+    for model in ("BPRMF", "LightGCN", "MGCN", "EGRA"):
+        assert f"| {model} | 1 ok |" in text
+    # Identical configs share one job: EGRA is in every section, sensitivity defaults too.
+    jobs = _metrics_mtimes(out)
+    assert len(jobs) == ran["job_dir"].nunique() < len(ran)
+    assert _launched(first) == len(jobs)
+
+    # A second invocation reuses every job (keyed by config hash) and trains nothing.
+    assert reproduce_main(args) == 0
+    assert _launched(capsys.readouterr().out) == 0
+    assert _metrics_mtimes(out) == jobs
+
+    # Deleting one job's metrics re-runs exactly that job.
+    victim = out / "runs" / "ablations" / "entity-level_only" / "seed0" / "metrics.json"
+    victim.unlink()
+    assert reproduce_main(args) == 0
+    assert _launched(capsys.readouterr().out) == 1
+    after = _metrics_mtimes(out)
+    assert {p for p in jobs if after[p] != jobs[p]} == {victim}
