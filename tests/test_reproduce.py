@@ -40,6 +40,8 @@ def test_dataset_names():
     with pytest.raises(ConfigError, match="expected a data config"):
         dataset_overrides(CONF_DIR, "nope")
     assert dataset_label("baby", ["data=mmrec", "data.root=/x/my-shop"]) == "my-shop"
+    assert dataset_label("tiny", ["data=sports"]) == "sports"
+    assert dataset_label("tiny", ["data.preset=cobuy"]) == "cobuy"
 
 
 def test_budgets_list_every_experiment_and_gate_missing_models(tmp_path):
@@ -158,10 +160,11 @@ def test_smoke_reproduction_end_to_end_and_resume(tmp_path, monkeypatch, capsys)
     assert _launched(capsys.readouterr().out) == 0
     assert _metrics_mtimes(out) == jobs
 
-    # Deleting one job's metrics re-runs exactly that job.
+    # Deleting one job's metrics re-runs exactly that job (here in a `python -m egra.train`
+    # subprocess, full's launcher: its config hash is the one planned in this process).
     victim = out / "runs" / "ablations" / "entity-level_only" / "seed0" / "metrics.json"
     victim.unlink()
-    assert reproduce_main(args) == 0
+    assert reproduce_main(["--launcher", "subprocess", *args]) == 0
     assert _launched(capsys.readouterr().out) == 1
     after = _metrics_mtimes(out)
     assert {p for p in jobs if after[p] != jobs[p]} == {victim}

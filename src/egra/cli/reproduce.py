@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="smoke", help="conf/reproduce/<budget>.yaml: smoke | full")
     p.add_argument("--dataset", default=None, help="data config or generated preset (default: the budget's)")
     p.add_argument("--out", default=None, help="default: <paths.log_dir>/reproduce/<dataset>-<budget>")
+    p.add_argument(
+        "--launcher",
+        choices=("subprocess", "in_process"),
+        default=None,
+        help="run each setting's multirun in a `python -m egra.train` subprocess or in this process "
+        "(default: the budget's)",
+    )
     p.add_argument("overrides", nargs="*", help="k=v overrides for every run")
     return p
 
@@ -46,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # egra-train's task function: the budget's in_process launcher runs its multiruns here.
             task_function=train_main.__wrapped__,
             command=command,
+            launcher=args.launcher,
         )
     except Exception as exc:
         code = exit_code(exc)

@@ -45,7 +45,9 @@ import pandas as pd
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from egra.data.synthetic import PRESETS
 from egra.pipeline import report as sweep_report
@@ -133,9 +135,18 @@ def dataset_overrides(conf_dir: str | Path, dataset: str) -> list[str]:
 
 
 def dataset_label(dataset: str, overrides: Sequence[str]) -> str:
-    """The report's name for the data: the folder of a ``data.root=DIR`` override, else ``dataset``."""
-    roots = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("data.root=")]
-    return Path(roots[-1].strip("'\"")).name if roots else dataset
+    """The report's name for the data: the folder of a ``data.root=DIR`` override, else the
+    ``data=<name>`` (and ``data.preset=<p>``) of the overrides, else ``dataset``."""
+    values = {o.split("=", 1)[0].lstrip("+"): o.split("=", 1)[1].strip("'\"") for o in overrides if "=" in o}
+    if "data.root" in values:
+        return Path(values["data.root"]).name
+    if values.get("data") == "synthetic":
+        return values.get("data.preset", "synthetic")
+    if "data" in values:
+        return values["data"]
+    if "data.preset" in values and dataset in PRESETS:
+        return values["data.preset"]
+    return dataset
 
 
 # --------------------------------------------------------------------------- the plan
@@ -267,9 +278,12 @@ def plan(
     for s in found:
         try:
             cfg = _compose([*common, *s.overrides, f"seed={_seeds_of(budget, s)[0]}"], Path("."))
+            if OmegaConf.is_missing(cfg.data, "root"):
+                raise ConfigError("data.root: required with data=mmrec (ARGS='data=mmrec data.root=DIR')")
             check_config(cfg)
-        except ConfigError as e:
-            raise ConfigError(f"{s.section} / {s.label}: {e}") from None
+        except (ConfigError, HydraException, OmegaConfBaseException) as e:
+            # Hydra's own message names the override it could not apply.
+            raise ConfigError(f"{s.section} / {s.label}: {' '.join(str(e).split())}") from None
         composed.append(cfg)
     label = dataset_label(dataset, extra)
     root = (
@@ -638,10 +652,12 @@ def reproduce(
     task_function: Callable[[DictConfig], Any] | None = None,
     echo: Callable[[str], None] = print,
     command: str = "",
+    launcher: str | None = None,
 ) -> Outcome:
     """Run (or reuse) every job of ``conf/reproduce/<budget>.yaml`` on ``dataset`` and write the
-    report. ``task_function`` (egra-train's, from the entry point) is needed by a budget with
-    ``launcher: in_process``; without it every budget launches subprocesses."""
+    report. ``launcher`` (``subprocess`` | ``in_process``) replaces the budget's; ``in_process``
+    needs ``task_function`` (egra-train's, from the entry point), without which every job is
+    launched in a subprocess."""
     cfg = load_budget(conf_dir, budget)
     dataset = dataset or str(cfg.get("dataset") or "tiny")
     with initialize_config_dir(
@@ -659,7 +675,10 @@ def reproduce(
         launched = 0
         if todo:
             _check_data(p, base)
-            use_in_process = cfg.get("launcher", "subprocess") == "in_process" and task_function is not None
+            how = launcher or cfg.get("launcher", "subprocess")
+            if how not in ("subprocess", "in_process"):
+                raise ConfigError(f"launcher={how!r}: expected subprocess or in_process")
+            use_in_process = how == "in_process" and task_function is not None
             launcher = in_process_launcher(task_function) if use_in_process else subprocess_launcher
             launched = launch_missing(p, launcher, echo)
             refresh(p)
