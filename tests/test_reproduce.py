@@ -11,14 +11,17 @@ from omegaconf import OmegaConf
 
 from egra.cli.reproduce import main as reproduce_main
 from egra.pipeline.checks import ConfigError
+from egra.pipeline.fingerprint import config_hash
 from egra.pipeline.reproduce import (
     TITLES,
     Plan,
     Run,
     Setting,
+    _compose,
     dataset_label,
     dataset_overrides,
     load_budget,
+    plan,
     settings,
     write_report,
 )
@@ -69,6 +72,36 @@ def test_budgets_list_every_experiment_and_gate_missing_models(tmp_path):
     assert skipped == ["overall: freedom skipped (no conf/model/freedom.yaml)"]
     with pytest.raises(ConfigError, match="budgets: full, smoke"):
         load_budget(CONF_DIR, "medium")
+
+
+def test_plan_keys_runs_by_config_and_shares_identical_ones(tmp_path):
+    """A run's hash is its composed config's (as egra-train's skip_if_done computes it, also for
+    seeds set after composing), and settings with one config share one job directory."""
+    from hydra import initialize_config_dir
+
+    budget = OmegaConf.create(
+        {
+            "seeds": [0, 1],
+            "max_epochs": 2,
+            "overall": {"models": ["egra"]},
+            "sensitivity": {"base": ["model=egra"], "grids": {"model.k_pt": [10]}},
+        }
+    )
+    extra = [f"paths.root_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        p, _ = plan(budget, "tiny", CONF_DIR, extra, out=tmp_path / "rep")
+        direct = _compose([*p.common, "model=egra", "seed=1"], tmp_path / "elsewhere")
+    assert [(r.setting.section, r.seed) for r in p.runs] == [
+        ("overall", 0),
+        ("overall", 1),
+        ("sensitivity", 0),
+        ("sensitivity", 1),
+    ]
+    assert p.runs[1].config_hash == config_hash(direct) != p.runs[0].config_hash
+    assert len(p.unique()) == 2  # k_pt=10 is EGRA's default: the overall runs
+    assert p.runs[3].job_dir == p.runs[1].job_dir == tmp_path / "rep" / "runs" / "overall" / "egra" / "seed1"
+    assert p.runs[3].shared_with == "overall / egra"
+    assert "trainer.max_epochs=2" in p.common and p.common[-1] == extra[0]
 
 
 def test_report_marks_collapsed_and_failed_runs(tmp_path):

@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run each setting's multirun in a `python -m egra.train` subprocess or in this process "
         "(default: the budget's)",
     )
+    p.add_argument("--dry-run", action="store_true", help="compose and check every run, list what would run")
     p.add_argument("overrides", nargs="*", help="k=v overrides for every run")
     return p
 
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             task_function=train_main.__wrapped__,
             command=command,
             launcher=args.launcher,
+            dry_run=args.dry_run,
         )
     except Exception as exc:
         code = exit_code(exc)
@@ -62,6 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"egra-reproduce: {one_line(exc)}", file=sys.stderr)
         return code
     runs = outcome.plan.unique()
+    if args.dry_run:
+        todo = sum(r.status not in ("ok", "collapsed") for r in runs)
+        print(f"{len(runs)} jobs: {todo} to run (dry run: nothing ran)")
+        return 0
     print(
         f"{len(runs)} jobs: {outcome.launched} run now, {len(runs) - outcome.launched} reused"
         + (f", {len(outcome.failed)} failed (see report)" if outcome.failed else "")

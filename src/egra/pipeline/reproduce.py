@@ -653,11 +653,12 @@ def reproduce(
     echo: Callable[[str], None] = print,
     command: str = "",
     launcher: str | None = None,
+    dry_run: bool = False,
 ) -> Outcome:
     """Run (or reuse) every job of ``conf/reproduce/<budget>.yaml`` on ``dataset`` and write the
     report. ``launcher`` (``subprocess`` | ``in_process``) replaces the budget's; ``in_process``
     needs ``task_function`` (egra-train's, from the entry point), without which every job is
-    launched in a subprocess."""
+    launched in a subprocess. ``dry_run``: plan and print what would run; nothing runs or is written."""
     cfg = load_budget(conf_dir, budget)
     dataset = dataset or str(cfg.get("dataset") or "tiny")
     with initialize_config_dir(
@@ -673,6 +674,10 @@ def reproduce(
             f"({len(p.unique()) - len(todo)} done, {len(todo)} to run) -> {p.out}"
         )
         launched = 0
+        if dry_run:
+            for r in todo:
+                echo(f"  would run: {r.setting.section} / {r.setting.label}, seed {r.seed} -> {r.job_dir}")
+            return Outcome(p, 0, [])
         if todo:
             _check_data(p, base)
             how = launcher or cfg.get("launcher", "subprocess")
