@@ -55,7 +55,7 @@ def test_budgets_list_every_experiment_and_gate_missing_models(tmp_path):
         assert sections == {"overall", "ablations", "long_tail", "sensitivity"}, name
         assert "freedom" in budget.overall.models
         has_freedom = (Path(CONF_DIR) / "model" / "freedom.yaml").is_file()
-        assert any("freedom" in line for line in skipped) != has_freedom
+        assert ("freedom" in skipped) != has_freedom
         assert {s.param for s in found if s.param} == {
             "model.lambda_min",
             "model.lambda_max",
@@ -69,7 +69,10 @@ def test_budgets_list_every_experiment_and_gate_missing_models(tmp_path):
     (conf / "model" / "egra.yaml").write_text("{}")
     found, skipped = settings(OmegaConf.create({"overall": {"models": ["egra", "freedom"]}}), conf)
     assert [s.label for s in found] == ["egra"]
-    assert skipped == ["overall: freedom skipped (no conf/model/freedom.yaml)"]
+    assert skipped == ["freedom"]
+    assert Plan(tmp_path, [], [0], skipped=skipped).skipped_lines() == [
+        "overall: freedom skipped (no conf/model/freedom.yaml)"
+    ]
     with pytest.raises(ConfigError, match="budgets: full, smoke"):
         load_budget(CONF_DIR, "medium")
 
@@ -132,7 +135,7 @@ def test_report_marks_collapsed_and_failed_runs(tmp_path):
         run("sensitivity", "k_pt=5", 0, "ok", 0.3, "model.k_pt", 5),
         run("sensitivity", "k_pt=10", 0, "collapsed", 0.1, "model.k_pt", 10),
     ]
-    p.skipped = ["overall: freedom skipped (no conf/model/freedom.yaml)"]
+    p.skipped = ["freedom"]
     write_report(p, "t")
     text = (tmp_path / "report.md").read_text()
     assert re.search(r"\| EGRA \| 1 ok, 1 collapsed \| \S* ?0\.1500 ± 0\.0707", text)
@@ -143,6 +146,33 @@ def test_report_marks_collapsed_and_failed_runs(tmp_path):
     assert "| 10 | 1 collapsed |" in text
     rows = pd.read_csv(tmp_path / "results.csv")
     assert rows["status"].tolist().count("failed") == 2 and "skipped" in set(rows["status"])
+
+
+@pytest.mark.slow
+def test_failed_run_is_reported_and_exits_4(tmp_path, monkeypatch, capsys):
+    """A run that fails (here: a callback that cannot be built) is listed with its error, keeps
+    its row in the tables, and the command exits 4; the report is written anyway."""
+    monkeypatch.chdir(tmp_path)
+    budget = tmp_path / "one.yaml"
+    budget.write_text(
+        "dataset: tiny\nseeds: [0]\nmax_epochs: 1\nlauncher: in_process\n"
+        "overrides: [threads=1, logger=none, trainer.enable_progress_bar=false]\n"
+        "overall: {models: [bpr]}\n"
+    )
+    out = tmp_path / "rep"
+    boom = "+callbacks.boom._target_=builtins.nonexistent"
+    assert (
+        reproduce_main(["--budget", str(budget), "--out", str(out), f"paths.root_dir={tmp_path}", boom]) == 4
+    )
+    assert "1 failed" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    assert (
+        "- failed: overall / bpr, seed 0 (`runs/overall/bpr/seed0`): hydra.errors.InstantiationException"
+        in text
+    )
+    assert "| BPRMF | 1 failed |" in text
+    rows = pd.read_csv(out / "results.csv")
+    assert rows["status"].tolist() == ["failed"] and "nonexistent" in rows["error"][0]
 
 
 def _metrics_mtimes(out: Path) -> dict[Path, float]:

@@ -25,7 +25,9 @@ from egra.pipeline.reproduce import REPORT_MD, reproduce
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="egra-reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("--budget", default="smoke", help="conf/reproduce/<budget>.yaml: smoke | full")
+    p.add_argument(
+        "--budget", default="smoke", help="conf/reproduce/<budget>.yaml: smoke | full (or a .yaml path)"
+    )
     p.add_argument("--dataset", default=None, help="data config or generated preset (default: the budget's)")
     p.add_argument("--out", default=None, help="default: <paths.log_dir>/reproduce/<dataset>-<budget>")
     p.add_argument(

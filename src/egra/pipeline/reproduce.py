@@ -97,8 +97,10 @@ Launcher = Callable[[list[str], Path], int]
 
 
 def load_budget(conf_dir: str | Path, budget: str) -> DictConfig:
-    """``conf/reproduce/<budget>.yaml``, with its keys checked."""
-    path = Path(conf_dir) / "reproduce" / f"{budget}.yaml"
+    """``conf/reproduce/<budget>.yaml`` (or a budget file of one's own: a ``.yaml`` path), with
+    its keys checked."""
+    own = Path(budget)
+    path = own if own.suffix in (".yaml", ".yml") else Path(conf_dir) / "reproduce" / f"{budget}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"budget {budget!r}: no {path} (budgets: {', '.join(names) or 'none'})")
@@ -183,6 +185,7 @@ class Run:
     metrics: dict[str, Any] | None = None
     error: str | None = None
     cfg: DictConfig | None = field(default=None, repr=False)  # the composed job config
+    log: Path | None = None  # the log of its launch in this invocation
 
 
 @dataclass
@@ -191,7 +194,10 @@ class Plan:
     common: list[str]
     seeds: list[int]
     runs: list[Run] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)  # one line per skipped model
+    skipped: list[str] = field(default_factory=list)  # models without a config file
+
+    def skipped_lines(self) -> list[str]:
+        return [f"overall: {m} skipped (no conf/model/{m}.yaml)" for m in self.skipped]
 
     def unique(self) -> list[Run]:
         """One run per job directory (the first setting that planned it)."""
@@ -202,13 +208,13 @@ class Plan:
 
 
 def settings(budget: DictConfig, conf_dir: str | Path) -> tuple[list[Setting], list[str]]:
-    """The budget's settings in report order, and one line per model skipped for lack of a config."""
+    """The budget's settings in report order, and the models skipped for lack of a config file."""
     out: list[Setting] = []
     skipped: list[str] = []
     overall = budget.get("overall") or {}
     for name in overall.get("models") or []:
         if not (Path(conf_dir) / "model" / f"{name}.yaml").is_file():
-            skipped.append(f"overall: {name} skipped (no conf/model/{name}.yaml)")
+            skipped.append(str(name))
             continue
         out.append(Setting("overall", str(name), (f"model={name}",)))
     for section in ("ablations", "long_tail"):
@@ -331,12 +337,16 @@ def refresh(p: Plan) -> None:
             r.error = _first_error_line(r.job_dir / ERROR_FILE)
         else:
             r.status = "missing"
+            if r.log is not None:  # launched, yet no result and no error.txt: Hydra's own failure
+                r.error = f"no metrics.json after its launch, see {r.log}"
 
 
 def _first_error_line(path: Path) -> str:
+    """The gist of an ``error.txt``: a user error's one line, or a traceback's last exception line."""
     lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     body = lines[1:] or lines  # line 1 names the job and its overrides
-    return body[-1] if body else "failed"
+    exceptions = [ln for ln in body if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*", ln)]
+    return (exceptions or body or ["failed"])[-1]
 
 
 # --------------------------------------------------------------------------- launching
@@ -365,7 +375,9 @@ def in_process_launcher(task_function: Callable[[DictConfig], Any]) -> Launcher:
                 GlobalHydra.instance().hydra.multirun(
                     config_name="train",
                     task_function=task_function,
-                    overrides=args,
+                    # What `-m` sets on the command line: egra-train then records a failed job
+                    # (error.txt) and goes on instead of raising.
+                    overrides=[*args, "hydra.mode=MULTIRUN"],
                     with_log_configuration=False,
                 )
             except SystemExit as e:  # egra-train's sweep status: 4 when a job failed
@@ -406,10 +418,13 @@ def launch_missing(p: Plan, launcher: Launcher, echo: Callable[[str], None] = pr
             *p.common,
             *s.overrides,
             "seed=" + ",".join(map(str, seeds)),
-            f"hydra.sweep.dir={sweep}",
+            f"hydra.sweep.dir='{sweep}'",  # quoted: a path may hold spaces or "="
             "hydra.sweep.subdir=seed${seed}",
         ]
-        status = launcher(args, p.out / "logs" / f"{s.section}__{s.slug}.log")
+        log_file = p.out / "logs" / f"{s.section}__{s.slug}.log"
+        for r in runs:
+            r.log = log_file
+        status = launcher(args, log_file)
         launched += len(seeds)
         echo(
             f"      done in {time.perf_counter() - t0:.1f}s" + (f" (exit status {status})" if status else "")
@@ -450,8 +465,7 @@ def results_frame(p: Plan) -> pd.DataFrame:
         }
         row.update({k: m.get(k) for k in metric_keys})
         rows.append(row)
-    for line in p.skipped:
-        name = line.split(":", 1)[1].strip().split(" ", 1)[0]
+    for name, line in zip(p.skipped, p.skipped_lines()):
         rows.append(
             {"experiment": "overall", "setting": name, "model": name, "status": "skipped", "error": line}
         )
@@ -570,7 +584,7 @@ def write_report(p: Plan, title: str, command: str = "") -> list[Path]:
         "",
     ]
     if p.skipped:
-        lines += [*[f"- {s}" for s in p.skipped], ""]
+        lines += [*[f"- {s}" for s in p.skipped_lines()], ""]
     bad = [r for r in p.unique() if r.status in ("failed", "missing", "collapsed")]
     if bad:
         lines += ["Runs that did not finish normally:", ""]
@@ -664,10 +678,10 @@ def reproduce(
     with initialize_config_dir(
         config_dir=str(Path(conf_dir).resolve()), version_base="1.3", job_name="train"
     ):
-        p, base = plan(cfg, dataset, conf_dir, extra, out, budget)
+        p, base = plan(cfg, dataset, conf_dir, extra, out, Path(budget).stem)
         refresh(p)
         todo = [r for r in p.unique() if r.status != "ok" and r.status != "collapsed"]
-        for line in p.skipped:
+        for line in p.skipped_lines():
             echo(line)
         echo(
             f"reproduce {budget} on {dataset_label(dataset, extra)}: {len(p.unique())} jobs "
