@@ -31,7 +31,7 @@ ifeq ($(strip $(GPU)),1)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint format data bench clean report sweep compare
+.PHONY: help setup train test lint format data bench clean report sweep compare reproduce
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -80,6 +80,13 @@ TRIALS ?= 10
 SEEDS ?= 0 1 2 3 4
 compare: $(STAMP) ## LightGCN vs MGCN vs EGRA: equal Optuna budget, seeds, paired tests (PRESET= TRIALS= SEEDS="0 1 2 3 4")
 	$(BIN)/python -m egra.cli.compare --preset $(PRESET) --trials $(TRIALS) --seeds $(SEEDS) $(ARGS)
+
+# DATASET given on the command line (or in the environment) picks the data; otherwise the
+# budget's own (smoke: tiny, full: baby).
+BUDGET ?= smoke
+REPRO_DATASET := $(if $(filter command line environment,$(origin DATASET)),--dataset $(DATASET))
+reproduce: $(STAMP) ## The paper's experiments on one dataset: make reproduce DATASET=baby|tiny|... BUDGET=smoke|full [ARGS="data=mmrec data.root=DIR"]
+	$(BIN)/python -m egra.cli.reproduce --budget $(BUDGET) $(REPRO_DATASET) $(ARGS)
 
 report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/multiruns/<time> (default: newest)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun dir> [ARGS='--out D --metrics ...']"; exit 2; }
