@@ -312,3 +312,27 @@ def test_rows_follow_the_swept_values_and_failures_point_to_error_txt(tmp_path, 
     rows = read_csv(root / "results.csv")
     assert [(r["job"], r["model.k_pt"]) for r in rows] == [("1", "3"), ("2", "5"), ("3", "7"), ("0", "500")]
     assert f"see {root / '3' / 'error.txt'}" in printed
+
+
+def test_categorical_sweep_gets_a_bar_chart_per_choice(tmp_path):
+    """hparams_search=backbones: model.graph_source is a choice, not a number: one bar per value."""
+    from egra.pipeline.report import choice_params, plot_choice
+
+    root = tmp_path / "backbones"
+    sources = ["mgcn", "freedom", "lightgcn", "raw_features", "random"]
+    n = 0
+    for i, src in enumerate(sources):
+        for seed in (1, 2):
+            ov = [*FIXED, f"model.graph_source={src}", f"seed={seed}"]
+            write_job(root / str(n), ov, grid_metrics(i, 0, 0, seed_shift=0.01 * seed) | {"seed": seed})
+            n += 1
+    report = write_report(root)
+    assert [p.name for p in report.plots if p.name.startswith("choice_")] == ["choice_model_graph_source.png"]
+    assert_png(root / "choice_model_graph_source.png")
+    frame = results_frame(collect(root))
+    assert choice_params(frame) == ["model.graph_source"] and numeric_params(frame) == []
+    fig = plot_choice(frame, "model.graph_source")
+    ax = fig.axes[0]
+    heights = {t.get_text(): b.get_height() for t, b in zip(ax.get_xticklabels(), ax.patches)}
+    # Mean over the two seeds: 0.2 + 0.1·i + 0.015.
+    assert heights == pytest.approx({s: 0.215 + 0.1 * i for i, s in enumerate(sources)})

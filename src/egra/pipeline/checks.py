@@ -242,6 +242,8 @@ BACKBONE_RULES: dict[str, Rule] = {
     "kind": Choice("trained", "raw_features", "random"),
     "export": Choice(*EXPORT_VIEWS),
     "max_epochs": Int(ge=1),
+    "early_stop": BOOL,
+    "weights": Choice("best", "last"),
     "seed": Int(),
     "dim": Int(ge=1),
 }

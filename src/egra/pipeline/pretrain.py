@@ -15,6 +15,7 @@ together and written by rank 0 (``ArtifactCache.get_or_build(collective=True)``)
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import shutil
 import time
@@ -61,8 +62,14 @@ def _trainer_key(trainer: DictConfig) -> dict[str, Any]:
     return {k: t.get(k) for k in ("strategy", "devices", "num_nodes", "accelerator", "precision")}
 
 
+#: backbone options whose default value changes nothing that was cached before they were added
+_NEUTRAL: dict[str, Any] = {"early_stop": True, "weights": "best"}
+
+
 def _key(cfg: DictConfig, name: str, fingerprint: str, graphs: Graphs | None = None) -> str:
     bcfg = backbone_config(cfg, name)
+    # Options at their defaults stay out of the key, so artifacts built before they existed still answer.
+    bcfg = {k: v for k, v in bcfg.items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
     parts: dict[str, Any] = {"backbone": name, "config": bcfg, "dataset": fingerprint}
     if bcfg["kind"] == "trained":
         # Everything else that changes the trained weights.
@@ -92,10 +99,15 @@ def _train_backbone(
         # The work dir is keyed like the artifact: its last.ckpt is this backbone's (issue 13 hook).
         sub.ckpt_path = "last" if resumable(work_dir) is not None else None
         sub.logger = {}  # the parent run's logger tracks the pipeline; keep this stage quiet
+        if not bcfg.get("early_stop", True):
+            sub.callbacks.early_stopping = None
     setup_run(sub)
     net = build_net(constructor_config(sub.model), dm, graphs.model_inputs())
     module = build_module(sub, dm, net, graphs.names())
     fitted = fit(sub, dm, module, work_dir)
+    if bcfg.get("weights", "best") == "last":
+        # No checkpoint to restore: validation, test and the export see the final epoch's weights.
+        fitted = dataclasses.replace(fitted, best_path=None)
     metrics = evaluate(sub, dm, fitted)
     if metrics.get("status") == "collapsed":
         # Never cache a collapsed backbone: S^pt from it would be noise for every later run.

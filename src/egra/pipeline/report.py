@@ -556,6 +556,48 @@ def plot_sensitivity(
     return fig
 
 
+def choice_params(frame: pd.DataFrame) -> list[str]:
+    """Swept non-numeric overrides (e.g. ``model.graph_source``, ``model``): bar-chart x-axes."""
+    numeric = set(numeric_params(frame))
+    ok = _ok(frame)
+    return [c for c in config_columns(frame) if c not in numeric and len({_norm(v) for v in ok[c]}) > 1]
+
+
+def plot_choice(
+    frame: pd.DataFrame,
+    param: str,
+    path: str | Path | None = None,
+    metrics: Sequence[str] = SENSITIVITY_METRICS,
+):
+    """One panel per metric: a bar per value of the categorical ``param`` (mean ± std over the
+    other parameters and seeds). Returns the matplotlib Figure."""
+    from matplotlib.figure import Figure
+
+    metrics = [m for m in metrics if m in frame.columns]
+    table = sensitivity_table(frame, param, metrics)
+    labels = [_fmt_value(v) for v in table[param]]
+    fig = Figure(
+        figsize=(max(4.0, 1.0 + 0.9 * len(labels)) * max(len(metrics), 1), 3.8), layout="constrained"
+    )
+    axes = fig.subplots(1, max(len(metrics), 1), squeeze=False)[0]
+    for ax, m in zip(axes, metrics):
+        x = np.arange(len(labels))
+        ax.bar(x, table[f"{m} mean"], yerr=table[f"{m} std"], capsize=3, color="tab:blue", alpha=0.8)
+        ax.set_xticks(x, labels, rotation=30 if max(map(len, labels), default=0) > 8 else 0, ha="right")
+        # Start the axis near the smallest bar: differences between choices are often a few percent.
+        lo = float(np.nanmin(table[f"{m} mean"] - table[f"{m} std"].fillna(0)))
+        hi = float(np.nanmax(table[f"{m} mean"] + table[f"{m} std"].fillna(0)))
+        if np.isfinite(lo) and np.isfinite(hi) and hi > lo:
+            ax.set_ylim(max(0.0, lo - 0.25 * (hi - lo)), hi + 0.1 * (hi - lo))
+        ax.set_xlabel(param)
+        ax.set_ylabel(m)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle(f"{param} (mean ± std over other parameters and seeds)", fontsize="medium")
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
 def long_tail_groups(frame: pd.DataFrame, metric: str = "Recall@20", split: str = "test") -> list[int]:
     """The popularity groups ``g`` with a ``{split}/popgroup{g}/{metric}`` column, sorted."""
     out = []
@@ -694,6 +736,10 @@ def write_report(
         for p in params if sens else []:
             path = out_dir / f"sensitivity_{_safe_name(p)}.png"
             plot_sensitivity(frame, p, path, sens)
+            written.append(path)
+        for p in choice_params(frame) if sens else []:
+            path = out_dir / f"choice_{_safe_name(p)}.png"
+            plot_choice(frame, p, path, sens)
             written.append(path)
         if any(long_tail_groups(frame, m) for m in LONG_TAIL_METRICS):
             path = out_dir / "long_tail.png"

@@ -248,7 +248,9 @@ def common_overrides(
     if budget.get("max_epochs") is not None:
         out.append(f"trainer.max_epochs={int(budget.max_epochs)}")
     if budget.get("backbone_epochs") is not None:
-        out += [f"backbones.{b}.max_epochs={int(budget.backbone_epochs)}" for b in ("mgcn", "lightgcn")]
+        out += [
+            f"backbones.{b}.max_epochs={int(budget.backbone_epochs)}" for b in ("mgcn", "lightgcn", "freedom")
+        ]
     return [*out, *map(str, budget.get("overrides") or []), *extra]
 
 
