@@ -4,12 +4,13 @@ For each seed S (data seed = training seed = S) two runs, unless their metrics.j
     egra-train experiment=egra_small data.preset=<P> seed=S data.seed=S threads=1   -> <runs>/<egra>_<P>_sS
     egra-train experiment=mgcn_small data.preset=<P> seed=S data.seed=S threads=1   -> <runs>/mgcn_<P>_sS
 EGRA's own backbone is MGCN with the same defaults and seed, so the standalone MGCN is the model
-EGRA has to beat. Paired tests (egra.pipeline.compare.paired_tests): over seeds on the test
+EGRA has to beat. With --freedom, FREEDOM with its defaults too (experiment=freedom_small ->
+<runs>/freedom_<P>_sS), tested against EGRA over seeds. Paired tests (egra.pipeline.compare.paired_tests): over seeds on the test
 metric, and per user on each test user's metric (users pooled over the seeds' datasets).
 Writes bench/results/defaults_<P>.{md,json}. This is defaults against defaults; `make compare`
 gives every model the same tuning budget first.
 
-    python bench/preset_comparison.py --preset small --seeds 0 1 2 3 4 --runs logs/preset_comparison [--run]
+    python bench/preset_comparison.py --preset small --seeds 0 1 2 3 4 --runs logs/preset_comparison [--run] [--freedom]
 """
 
 from __future__ import annotations
@@ -49,11 +50,17 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("logs/preset_comparison"))
     ap.add_argument("--egra-name", default="egra", help="run-directory prefix of the EGRA runs")
     ap.add_argument("--run", action="store_true", help="train what is missing first")
+    ap.add_argument(
+        "--freedom", action="store_true", help="add FREEDOM (experiment=freedom_small) beside them"
+    )
     args = ap.parse_args()
     p = args.preset
-    dirs = {"EGRA": {}, "MGCN": {}}
+    models = [("EGRA", args.egra_name, "egra_small"), ("MGCN", "mgcn", "mgcn_small")]
+    if args.freedom:
+        models.append(("FREEDOM", "freedom", "freedom_small"))
+    dirs: dict[str, dict[int, Path]] = {label: {} for label, _, _ in models}
     for s in args.seeds:
-        for label, name, exp in (("EGRA", args.egra_name, "egra_small"), ("MGCN", "mgcn", "mgcn_small")):
+        for label, name, exp in models:
             d = args.runs / f"{name}_{p}_s{s}"
             if args.run:
                 d = run(args.runs, name, exp, p, s)
@@ -84,6 +91,12 @@ def main() -> None:
         a = result["models"]["EGRA"][k]["per_seed"]
         b = result["models"]["MGCN"][k]["per_seed"]
         result["tests"][f"seeds {k}"] = paired_tests(np.array(a), np.array(b))
+    if args.freedom:
+        for k in ("test/Recall@20", "test/NDCG@20"):
+            a = result["models"]["EGRA"][k]["per_seed"]
+            b = result["models"]["FREEDOM"][k]["per_seed"]
+            result["tests_freedom"] = result.get("tests_freedom", {})
+            result["tests_freedom"][f"seeds {k}"] = paired_tests(np.array(a), np.array(b))
     for metric in ("Recall@20", "NDCG@20"):
         ea, mb = {}, {}
         for s in args.seeds:
@@ -94,15 +107,16 @@ def main() -> None:
             np.array([ea[u] for u in users]), np.array([mb[u] for u in users])
         )
     lines = [
-        f"EGRA (shipped defaults) vs MGCN (defaults) on generated `{p}`, seeds {' '.join(map(str, args.seeds))} "
+        f"EGRA (shipped defaults) vs MGCN{' and FREEDOM' if args.freedom else ''} (defaults) on generated `{p}`, seeds {' '.join(map(str, args.seeds))} "
         "(data seed = training seed); test at the best-valid epoch.",
-        f"Command: `python bench/preset_comparison.py --preset {p} --seeds {' '.join(map(str, args.seeds))} --run`",
+        f"Command: `python bench/preset_comparison.py --preset {p} --seeds {' '.join(map(str, args.seeds))} --run"
+        + (" --freedom`" if args.freedom else "`"),
         "",
         "| model | " + " | ".join(KEYS) + " |",
         "|---|" + "---:|" * len(KEYS),
         f"| MostPop | {result['models']['MostPop']['test/Recall@20']['mean']:.4f} |  |  |  |",
     ]
-    for label in ("MGCN", "EGRA"):
+    for label in ("MGCN", "FREEDOM", "EGRA") if args.freedom else ("MGCN", "EGRA"):
         r = result["models"][label]
         lines.append(
             f"| {label} | " + " | ".join(f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" for k in KEYS) + " |"
@@ -112,6 +126,10 @@ def main() -> None:
     for name, t in result["tests"].items():
         lines.append(
             f"| {name} | {t['n']} | {t['mean_diff']:+.4f} | {t['p_ttest']:.3g} | {t['p_wilcoxon']:.3g} |"
+        )
+    for name, t in result.get("tests_freedom", {}).items():
+        lines.append(
+            f"| EGRA − FREEDOM {name} | {t['n']} | {t['mean_diff']:+.4f} | {t['p_ttest']:.3g} | {t['p_wilcoxon']:.3g} |"
         )
     lines += ["", "Per seed, test Recall@20 / NDCG@20 (MGCN → EGRA):", ""]
     for s in args.seeds:
