@@ -1,8 +1,8 @@
 """A fair comparison of models: equal tuning budget, several seeds, paired tests.
 
-For each model (an experiment config such as ``lightgcn_small``): an Optuna study of
-``trials`` trials on valid Recall@20 (``hparams_search=tune_<model>``, Hydra's Optuna
-sweeper), then the best trial's parameters re-run on ``seeds`` training seeds (data fixed),
+For each model (an experiment config such as ``lightgcn_small``): its shipped defaults and an
+Optuna study of ``trials`` trials on valid Recall@20 (``hparams_search=tune_<model>``, Hydra's
+Optuna sweeper), then the better of the two re-run on ``seeds`` training seeds (data fixed),
 then paired tests of the reference model (EGRA) against every other one:
 
 * over seeds: the seed-level test metric of the two models, paired by seed (paired
@@ -66,9 +66,37 @@ def _train(args: Sequence[str], log_file: Path) -> None:
         subprocess.run(cmd, check=True, stdout=fh, stderr=subprocess.STDOUT)
 
 
+def _recorded(job_dir: Path, prefixes: tuple[str, ...]) -> set[str] | None:
+    """The overrides of a finished job that start with ``prefixes`` (None: no such job)."""
+    f = job_dir / ".hydra" / "overrides.yaml"
+    if not f.exists():
+        return None
+    return {o for o in yaml.safe_load(f.read_text()) or [] if o.startswith(prefixes)}
+
+
+def _set_aside(d: Path, why: str) -> None:
+    """Keep a stale study or run for the record, out of the way of the one that replaces it."""
+    n = 1
+    while (stale := d.with_name(f"{d.name}.stale{n}")).exists():
+        n += 1
+    log.info("%s: %s; moved to %s", d, why, stale)
+    d.rename(stale)
+
+
 def tune(entry: Entry, out: Path, common: Sequence[str], trials: int, seed: int) -> dict[str, Any]:
-    """Run (or reuse) the Optuna study of one model; its best parameters and value."""
+    """Run (or reuse) one model's tuning: its shipped defaults plus an Optuna study of ``trials``
+    trials; the better of the two on valid Recall@20 is chosen (``params`` empty: the defaults).
+
+    Every model gets the same budget (defaults + ``trials``). A study or defaults run made on
+    another backbone (``backbones.*`` overrides: the backbone's model chose differently since)
+    is set aside and redone.
+    """
     study = out / "tune" / entry.label
+    backbone = {o for o in common if o.startswith("backbones.")}
+    for d in (study / "0", study / "defaults"):
+        seen = _recorded(d, ("backbones.",))
+        if seen is not None and seen != backbone:
+            _set_aside(study if d.name == "0" else d, "made on another backbone")
     result = study / "optimization_results.yaml"
     if not result.exists():
         log.info("tuning %s: %d trials", entry.label, trials)
@@ -85,7 +113,26 @@ def tune(entry: Entry, out: Path, common: Sequence[str], trials: int, seed: int)
             out / "logs" / f"tune_{entry.label}.log",
         )
     best = yaml.safe_load(result.read_text())
-    return {"params": dict(best.get("best_params") or {}), "valid/Recall@20": best.get("best_value")}
+    defaults = study / "defaults"
+    if not (defaults / "metrics.json").exists():
+        log.info("tuning %s: its defaults", entry.label)
+        _train(
+            [f"experiment={entry.experiment}", f"seed={seed}", f"hydra.run.dir={defaults}", *common],
+            out / "logs" / f"tune_{entry.label}.log",
+        )
+    m = json.loads((defaults / "metrics.json").read_text())
+    default_value = m.get("valid/Recall@20") if m.get("status", "ok") == "ok" else None
+    chosen = {
+        "params": dict(best.get("best_params") or {}),
+        "valid/Recall@20": best.get("best_value"),
+        "defaults_valid/Recall@20": default_value,
+        "chosen": "study",
+    }
+    if default_value is not None and (
+        chosen["valid/Recall@20"] is None or default_value >= chosen["valid/Recall@20"]
+    ):
+        chosen.update({"params": {}, "valid/Recall@20": default_value, "chosen": "defaults"})
+    return chosen
 
 
 def _override(key: str, value: Any) -> str:
@@ -112,6 +159,12 @@ def run_seeds(
     Finished seeds are skipped (``skip_if_done``), so an interrupted comparison resumes.
     """
     sweep = out / "seeds" / entry.label
+    # Seed runs of another choice (the chosen parameters or the backbone changed) are redone.
+    keys = ("model.", "backbones.")
+    want = {_override(k, v) for k, v in params.items()} | {o for o in common if o.startswith(keys)}
+    seen = _recorded(sweep / f"seed{seeds[0]}", keys)
+    if seen is not None and seen != {o for o in want if o.startswith(keys)}:
+        _set_aside(sweep, "made with other parameters")
     if any(not (sweep / f"seed{s}" / "metrics.json").exists() for s in seeds):
         log.info("%s: seeds %s", entry.label, list(seeds))
         _train(
@@ -168,7 +221,13 @@ def summarize(
     models = {}
     for e in entries:
         rs = runs[e.label]
-        row = {"params": tuned[e.label]["params"], "tuned_valid/Recall@20": tuned[e.label]["valid/Recall@20"]}
+        t = tuned[e.label]
+        row = {
+            "params": t["params"],
+            "chosen": t.get("chosen", "study"),
+            "tuned_valid/Recall@20": t["valid/Recall@20"],
+            "defaults_valid/Recall@20": t.get("defaults_valid/Recall@20"),
+        }
         for split, metric in [("test", m) for m in METRICS] + [
             ("valid", "Recall@20"),
             ("test", "popgroup0/Recall@20"),
@@ -213,9 +272,12 @@ def markdown(result: dict[str, Any], title: str) -> str:
         for k in keys:
             c = f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}"
             cells.append(f"**{c}**" if r[k]["mean"] == best[k] else c)
-        params = ", ".join(
-            f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
-            for k, v in r["params"].items()
+        params = (
+            ", ".join(
+                f"{k.split('.', 1)[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.', 1)[-1]}={v}"
+                for k, v in r["params"].items()
+            )
+            or "the shipped defaults"
         )
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {params} |")
     lines += ["", "Paired tests (two-sided; difference = reference − other):", ""]
@@ -241,8 +303,8 @@ def markdown(result: dict[str, Any], title: str) -> str:
 
 def _title(result: dict[str, Any]) -> str:
     return (
-        f"Fair comparison on `{result['preset']}`: {result['trials']} Optuna trials per model, "
-        f"{len(result['seeds'])} seeds"
+        f"Fair comparison on `{result['preset']}`: each model's defaults + {result['trials']} Optuna "
+        f"trials, {len(result['seeds'])} seeds"
     )
 
 
