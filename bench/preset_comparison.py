@@ -92,11 +92,13 @@ def main() -> None:
         b = result["models"]["MGCN"][k]["per_seed"]
         result["tests"][f"seeds {k}"] = paired_tests(np.array(a), np.array(b))
     if args.freedom:
-        for k in ("test/Recall@20", "test/NDCG@20"):
-            a = result["models"]["EGRA"][k]["per_seed"]
-            b = result["models"]["FREEDOM"][k]["per_seed"]
-            result["tests_freedom"] = result.get("tests_freedom", {})
-            result["tests_freedom"][f"seeds {k}"] = paired_tests(np.array(a), np.array(b))
+        per_seed = {m: result["models"][m] for m in ("EGRA", "FREEDOM")}
+        result["tests_freedom"] = {
+            f"seeds {k}": paired_tests(
+                np.array(per_seed["EGRA"][k]["per_seed"]), np.array(per_seed["FREEDOM"][k]["per_seed"])
+            )
+            for k in ("test/Recall@20", "test/NDCG@20")
+        }
     for metric in ("Recall@20", "NDCG@20"):
         ea, mb = {}, {}
         for s in args.seeds:

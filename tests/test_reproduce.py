@@ -18,6 +18,7 @@ from egra.pipeline.reproduce import (
     Run,
     Setting,
     _compose,
+    common_overrides,
     dataset_label,
     dataset_overrides,
     load_budget,
@@ -231,3 +232,12 @@ def test_smoke_reproduction_end_to_end_and_resume(tmp_path, monkeypatch, capsys)
     assert _launched(capsys.readouterr().out) == 1
     after = _metrics_mtimes(out)
     assert {p for p in jobs if after[p] != jobs[p]} == {victim}
+
+
+def test_backbone_epochs_caps_every_trained_backbone():
+    """The cap reaches each backbone conf/backbones/default.yaml trains (FREEDOM included), not the
+    untrained ones (raw features, random vectors)."""
+    budget = OmegaConf.create({"backbone_epochs": 3, "max_epochs": None, "overrides": []})
+    out = common_overrides(budget, "tiny", CONF_DIR, [])
+    caps = sorted(o for o in out if o.startswith("backbones."))
+    assert caps == [f"backbones.{b}.max_epochs=3" for b in ("freedom", "lightgcn", "mgcn")]

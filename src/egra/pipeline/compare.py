@@ -160,8 +160,8 @@ def run_seeds(
     """
     sweep = out / "seeds" / entry.label
     # Seed runs of another choice (the chosen parameters or the backbone changed) are redone.
-    keys = ("model.", "backbones.")
-    want = {_override(k, v) for k, v in params.items()} | {o for o in common if o.startswith(keys)}
+    keys = ("model.", "backbones.")  # what a choice sets (tune_* spaces search model.* only)
+    want = {_override(k, v) for k, v in params.items()} | set(common)
     seen = _recorded(sweep / f"seed{seeds[0]}", keys)
     if seen is not None and seen != {o for o in want if o.startswith(keys)}:
         _set_aside(sweep, "made with other parameters")

@@ -583,7 +583,8 @@ def plot_choice(
     for ax, m in zip(axes, metrics):
         x = np.arange(len(labels))
         ax.bar(x, table[f"{m} mean"], yerr=table[f"{m} std"], capsize=3, color="tab:blue", alpha=0.8)
-        ax.set_xticks(x, labels, rotation=30 if max(map(len, labels), default=0) > 8 else 0, ha="right")
+        tilt = max(map(len, labels), default=0) > 8  # long labels: tilted, anchored at their end
+        ax.set_xticks(x, labels, rotation=30 if tilt else 0, ha="right" if tilt else "center")
         # Start the axis near the smallest bar: differences between choices are often a few percent.
         lo = float(np.nanmin(table[f"{m} mean"] - table[f"{m} std"].fillna(0)))
         hi = float(np.nanmax(table[f"{m} mean"] + table[f"{m} std"].fillna(0)))

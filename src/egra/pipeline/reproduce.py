@@ -238,6 +238,13 @@ def _seeds_of(budget: DictConfig, setting: Setting) -> list[int]:
     return [int(s) for s in budget.seeds]
 
 
+def _trained_backbones(conf_dir: str | Path) -> list[str]:
+    """The backbones the pipeline trains (``kind: trained`` in conf/backbones/default.yaml): the
+    ones a budget's ``backbone_epochs`` caps, whichever models a branch adds."""
+    raw = OmegaConf.load(Path(conf_dir) / "backbones" / "default.yaml")
+    return [k for k, v in raw.items() if isinstance(v, DictConfig) and v.get("kind") == "trained"]
+
+
 def common_overrides(
     budget: DictConfig, dataset: str, conf_dir: str | Path, extra: Sequence[str]
 ) -> list[str]:
@@ -249,7 +256,7 @@ def common_overrides(
         out.append(f"trainer.max_epochs={int(budget.max_epochs)}")
     if budget.get("backbone_epochs") is not None:
         out += [
-            f"backbones.{b}.max_epochs={int(budget.backbone_epochs)}" for b in ("mgcn", "lightgcn", "freedom")
+            f"backbones.{b}.max_epochs={int(budget.backbone_epochs)}" for b in _trained_backbones(conf_dir)
         ]
     return [*out, *map(str, budget.get("overrides") or []), *extra]
 
