@@ -315,7 +315,7 @@ def run_child(case: dict) -> dict:
     load_mod.setup_run(cfg)
     dm = timed("load", lambda: load_mod.load_data(cfg))
     result["data"] = dm.data.summary()
-    spec = graph_mod.GraphSpec.of(cfg.model)
+    spec = graph_mod.GraphSpec.of(cfg.graph, cfg.model)
     bgraphs = timed(
         "modality_graphs", lambda: graph_mod.build_graphs(cfg, dm, pre_mod.backbone_spec(cfg, "mgcn"))
     )
@@ -324,7 +324,7 @@ def run_child(case: dict) -> dict:
     info = graphs.info
     net = timed(
         "egra_init",
-        lambda: fit_mod.build_net(graph_mod.constructor_config(cfg.model), dm, graphs.model_inputs()),
+        lambda: fit_mod.build_net(cfg.model, dm, graphs.model_inputs()),
     )
 
     def fit_eval():

@@ -114,7 +114,7 @@ def run_case(case: dict) -> dict:
 
     from egra.graphs import knn_graph, modality_graphs
     from egra.pipeline.fit import build_module, build_net
-    from egra.pipeline.graph import GraphSpec, constructor_config, search_options
+    from egra.pipeline.graph import GraphSpec, search_options
     from egra.pipeline.load import load_data
     from egra.training.callbacks import AlignmentSchedule
 
@@ -129,7 +129,7 @@ def run_case(case: dict) -> dict:
 
     # The graph stage's work, timed without its cache: S^m of the features, and for EGRA
     # an S^pt of random 64-d vectors (the backbone is not part of this benchmark).
-    spec, opts = GraphSpec.of(cfg.model), search_options(cfg)
+    spec, opts = GraphSpec.of(cfg.graph, cfg.model), search_options(cfg)
     inputs: dict = {}
     t = time.perf_counter()
     if spec.knn_k is not None:
@@ -150,7 +150,7 @@ def run_case(case: dict) -> dict:
         )
         spt_s = time.perf_counter() - t
     t, c = time.perf_counter(), time.process_time()
-    net = build_net(constructor_config(cfg.model), dm, inputs)
+    net = build_net(cfg.model, dm, inputs)
     rec["init_s"] = round(time.perf_counter() - t, 3)
     rec["init_cpu_s"] = round(time.process_time() - c, 3)
     rec["spt_graph_s"] = round(spt_s, 3)

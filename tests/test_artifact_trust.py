@@ -30,7 +30,7 @@ def _pretrained_graph(cfg, dm):
     from egra.pipeline.graph import GraphSpec, build_graphs
     from egra.pipeline.pretrain import pretrain
 
-    spec = GraphSpec.of(cfg.model)
+    spec = GraphSpec.of(cfg.graph, cfg.model)
     graphs = build_graphs(cfg, dm, spec, pretrain(cfg, dm, spec.pretrained_source))
     return graphs.pretrained, graphs.info
 
@@ -38,7 +38,7 @@ def _pretrained_graph(cfg, dm):
 def test_graph_metadata_comes_from_the_arrays_and_a_short_manifest_is_rebuilt(cfg_factory):
     from hydra.utils import instantiate
 
-    cfg = cfg_factory(["model=egra", "model.graph_source=random", "model.k_pt=3"])
+    cfg = cfg_factory(["model=egra", "graph.graph_source=random", "graph.k_pt=3"])
     dm = instantiate(cfg.data)
     dm.setup()
     g, info = _pretrained_graph(cfg, dm)

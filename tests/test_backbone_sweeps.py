@@ -25,18 +25,18 @@ def _sweep(name: str, *extra: str):
 def test_backbones_sweep_covers_every_backbone_and_each_job_is_valid():
     cfg, params = _sweep("backbones")
     assert str(cfg.hydra.mode).endswith("MULTIRUN") and cfg.model._target_ == "egra.models.EGRA"
-    sources = params["model.graph_source"]
+    sources = params["graph.graph_source"]
     assert sources == ["mgcn", "freedom", "lightgcn", "raw_features", "random"]
     for s in sources:  # every job passes the checks run before any stage
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-            check_config(compose("train", overrides=["hparams_search=backbones", f"model.graph_source={s}"]))
+            check_config(compose("train", overrides=["hparams_search=backbones", f"graph.graph_source={s}"]))
 
 
 def test_backbone_epochs_sweep_trains_exactly_n_epochs_and_exports_the_last():
     cfg, params = _sweep("backbone_epochs")
     assert params == {"backbones.mgcn.max_epochs": ["10", "50", "100"]}
     mgcn = cfg.backbones.mgcn
-    assert cfg.model.graph_source == "mgcn" and mgcn.early_stop is False and mgcn.weights == "last"
+    assert cfg.graph.graph_source == "mgcn" and mgcn.early_stop is False and mgcn.weights == "last"
 
 
 def test_backbone_options_are_checked():

@@ -78,7 +78,7 @@ def test_pretrain_and_graph_stages_reuse_and_rekey(cfg_factory):
     from egra.pipeline.graph import GraphSpec, build_graphs
     from egra.pipeline.pretrain import backbone_spec, pretrain
 
-    cfg = cfg_factory(["model=egra", "backbones.mgcn.max_epochs=2", "model.k_pt=3"])
+    cfg = cfg_factory(["model=egra", "backbones.mgcn.max_epochs=2", "graph.k_pt=3"])
     dm = instantiate(cfg.data)
     dm.setup()
     backbone_graphs = build_graphs(cfg, dm, backbone_spec(cfg, "mgcn"))
@@ -90,7 +90,7 @@ def test_pretrain_and_graph_stages_reuse_and_rekey(cfg_factory):
     again = pretrain(cfg, dm, "mgcn", backbone_graphs)
     assert again.reused and again.path == first.path
 
-    graphs = build_graphs(cfg, dm, GraphSpec.of(cfg.model), first)
+    graphs = build_graphs(cfg, dm, GraphSpec.of(cfg.graph, cfg.model), first)
     g, info = graphs.pretrained, graphs.info
     assert g.shape == (dm.data.n_items, dm.data.n_items)
     assert not info["graph_reused"]
@@ -99,13 +99,13 @@ def test_pretrain_and_graph_stages_reuse_and_rekey(cfg_factory):
     assert g.diagonal().sum() == 0  # self excluded
     assert set(np.unique(g.data)) == {1.0}  # binary
     assert (np.diff(g.indptr) >= 3).all()
-    graphs2 = build_graphs(cfg, dm, GraphSpec.of(cfg.model), first)
+    graphs2 = build_graphs(cfg, dm, GraphSpec.of(cfg.graph, cfg.model), first)
     assert graphs2.info["graph_reused"] and (graphs2.pretrained != g).nnz == 0
     assert graphs2.names() == graphs.names()
 
     # Changing k re-keys the graph but not the embeddings.
-    cfg.model.k_pt = 4
-    graphs3 = build_graphs(cfg, dm, GraphSpec.of(cfg.model), first)
+    cfg.graph.k_pt = 4
+    graphs3 = build_graphs(cfg, dm, GraphSpec.of(cfg.graph, cfg.model), first)
     assert not graphs3.info["graph_reused"]
     assert graphs3.info["graph_artifact"] != info["graph_artifact"]
     assert graphs3.names()["S^pt"] != graphs.names()["S^pt"]

@@ -10,7 +10,7 @@ import torch
 
 from egra.metrics import ranking_metrics
 from egra.metrics.popularity import mostpop_metrics
-from egra.training.callbacks import CollapseGuard
+from egra.training.callbacks import AlignmentSchedule, CollapseGuard
 
 LN2 = math.log(2)
 
@@ -23,9 +23,10 @@ class _Net:
 class _Trainer:
     sanity_checking = False
 
-    def __init__(self):
+    def __init__(self, callbacks=()):
         self.current_epoch, self.global_step, self.should_stop = 0, 0, False
         self.callback_metrics: dict[str, torch.Tensor] = {}
+        self.callbacks = list(callbacks)
 
 
 class _Module:
@@ -33,9 +34,9 @@ class _Module:
         self.net = net
 
 
-def _feed(guard, net, curve, steps_per_epoch=50):
+def _feed(guard, net, curve, steps_per_epoch=50, schedule=None):
     """Validations with (bpr, valid Recall@20) per epoch; returns the epoch the guard stopped at."""
-    tr, pl = _Trainer(), _Module(net)
+    tr, pl = _Trainer([guard, *([schedule] if schedule else [])]), _Module(net)
     for epoch, (bpr, score) in enumerate(curve):
         tr.current_epoch, tr.global_step = epoch, (epoch + 1) * steps_per_epoch
         tr.callback_metrics = {"train/loss_bpr": torch.tensor(bpr), "valid/Recall@20": torch.tensor(score)}
@@ -45,7 +46,11 @@ def _feed(guard, net, curve, steps_per_epoch=50):
     return None
 
 
-EGRA_NET = dict(align_weight=0.1, lambda_max=0.1, P=4, lambda_warmup=0)
+EGRA_NET = dict(align_weight=0.1, align_scale="raw")
+
+
+def _schedule(P=4):
+    return AlignmentSchedule(lambda_min=0.001, lambda_max=0.1, P=P)
 
 
 def test_collapse_after_ramp_is_stopped_with_the_weight_named():
@@ -53,9 +58,11 @@ def test_collapse_after_ramp_is_stopped_with_the_weight_named():
     guard.mostpop_score = 0.05
     # learns a little, then alignment takes over: BPR back at ln 2, Recall falls
     curve = [(0.69, 0.03), (0.68, 0.06), (0.69, 0.05), (0.693, 0.04), (LN2, 0.03), (LN2, 0.02), (LN2, 0.02)]
-    stopped = _feed(guard, _Net(**EGRA_NET), curve)
+    stopped = _feed(guard, _Net(**EGRA_NET), curve, schedule=_schedule())
     assert stopped == 6  # epochs 4, 5, 6 after the ramp (P = 4): three strikes
-    assert "model.lambda_max=0.1" in guard.reason and "align_scale=chance" in guard.reason
+    # the schedule's own key is named (the callback owns λ), and the chance scale as a way out
+    assert "callbacks.alignment_schedule.lambda_max=0.1 dominates" in guard.reason
+    assert "try callbacks.alignment_schedule.lambda_max=0.01 or model.align_scale=chance" in guard.reason
     assert "≈ ln 2" in guard.reason and "MostPop" in guard.reason
 
 
@@ -64,15 +71,15 @@ def test_slow_healthy_start_and_ramp_never_count():
     guard.mostpop_score = 0.05
     # BPR near ln 2 and below MostPop, but a new best every validation: healthy
     curve = [(LN2, 0.01 + 0.004 * e) for e in range(12)]
-    assert _feed(guard, _Net(**EGRA_NET), curve) is None and guard.reason is None
+    assert _feed(guard, _Net(**EGRA_NET), curve, schedule=_schedule()) is None and guard.reason is None
     # the same collapse before the ramp ends (P = 20) is left alone
     guard = CollapseGuard(patience=2, min_steps=100)
     guard.mostpop_score = 0.05
     flat = [(LN2, 0.02)] * 12
-    assert _feed(guard, _Net(**{**EGRA_NET, "P": 20}), flat) is None
+    assert _feed(guard, _Net(**EGRA_NET), flat, schedule=_schedule(P=20)) is None
     # ... and so is one before min_steps optimizer steps
     guard = CollapseGuard(patience=2, min_steps=10_000)
-    assert _feed(guard, _Net(**EGRA_NET), flat) is None
+    assert _feed(guard, _Net(**EGRA_NET), flat, schedule=_schedule()) is None
 
 
 def test_mgcn_weight_and_models_without_contrastive_term():

@@ -26,12 +26,12 @@ def test_paired_tests_known_values():
 
 def test_backbone_takes_the_tuned_parameters_of_its_model():
     tuned = {"MGCN": {"params": {"model.cl_loss": 0.02, "model.n_ui_layers": 3, "seed": 1}}}
-    entry = Entry("EGRA", "egra_small", "tune_egra", backbone=("MGCN", "mgcn"))
+    entry = Entry("EGRA", "model=egra", "tune_egra", backbone=("MGCN", "mgcn"))
     assert backbone_overrides(entry, tuned) == [
         "backbones.mgcn.model.cl_loss=0.02",
         "backbones.mgcn.model.n_ui_layers=3",
     ]
-    assert backbone_overrides(Entry("MGCN", "mgcn_small", "tune_mgcn"), tuned) == []
+    assert backbone_overrides(Entry("MGCN", "model=mgcn", "tune_mgcn"), tuned) == []
     with pytest.raises(ValueError, match="list MGCN before it"):
         backbone_overrides(entry, {})
 
@@ -109,7 +109,7 @@ def test_stale_studies_and_seed_runs_are_redone(tmp_path, monkeypatch):
             _fake_job(d, [], valid=0.25)
 
     monkeypatch.setattr(cmp, "_train", fake_train)
-    e = Entry("EGRA", "egra_small", "tune_egra", backbone=("MGCN", "mgcn"))
+    e = Entry("EGRA", "model=egra", "tune_egra", backbone=("MGCN", "mgcn"))
     study = tmp_path / "tune" / "EGRA"
     _fake_job(study / "0", ["backbones.mgcn.model.cl_loss=0.1"])
     (study / "optimization_results.yaml").write_text(yaml.safe_dump({"best_params": {}, "best_value": 0.3}))

@@ -70,10 +70,10 @@ def test_empty_graph_or_beta_zero_equals_no_enhanced_graph():
     assert not torch.allclose(enhanced[1], outs[0][1])
 
 
-def test_enhanced_graph_is_normalised_bipartite_with_item_block():
+def test_joint_enhanced_graph_is_normalised_bipartite_with_item_block():
     d = toy_data()
     g = toy_item_graph(d["n_items"])
-    m = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.5)
+    m = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.5, pt_norm="joint")
     a = m.adj.a.to_dense().numpy()
     u = d["n_users"]
     r = np.zeros((u, d["n_items"]), dtype=np.float32)
@@ -145,9 +145,9 @@ def test_schedule_callback_sets_model_weight():
         current_epoch = 0
 
     d = toy_data()
-    net = EGRA(**d, **toy_graphs(d), item_graph=None, lambda_min=0.1, lambda_max=0.3, P=2)
+    net = EGRA(**d, **toy_graphs(d), item_graph=None)
     pl, tr = FakeModule(net), FakeTrainer()
-    cb = AlignmentSchedule()
+    cb = AlignmentSchedule(lambda_min=0.1, lambda_max=0.3, P=2)
     seen = []
     for epoch in range(4):
         tr.current_epoch = epoch
@@ -182,7 +182,7 @@ def test_separate_normalisation_keeps_user_item_weights(weighted):
     # The user-item block equals LightGCN's; the joint form shrinks it.
     plain = EGRA(**d, **toy_graphs(d), item_graph=None).adj.a.to_dense().numpy()
     np.testing.assert_allclose(a[:u, u:], plain[:u, u:], rtol=1e-6)
-    joint = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.3).adj.a.to_dense().numpy()
+    joint = EGRA(**d, **toy_graphs(d), item_graph=g, beta=0.3, pt_norm="joint").adj.a.to_dense().numpy()
     assert (joint[:u, u:].sum() < plain[:u, u:].sum()) and joint[u:, u:].any()
 
 
@@ -209,7 +209,14 @@ def test_align_views_per_modality_is_mean_of_modal_nces():
     d = toy_data()
     users, pos, neg = _batch(d)
     torch.manual_seed(0)
-    m = EGRA(**d, **toy_graphs(d), item_graph=None, align_views="per_modality", entity_weighting="uniform")
+    m = EGRA(
+        **d,
+        **toy_graphs(d),
+        item_graph=None,
+        align_views="per_modality",
+        entity_weighting="uniform",
+        align_scale="raw",
+    )
     out = m.loss(users, pos, neg)
     # Same numbers by hand: plain InfoNCE over batch positions, behavior view vs each E^m.
     v, u_inv, p = _position_views(m, users, pos, neg)
@@ -257,7 +264,14 @@ def test_align_anchor_modality_swaps_the_infonce_direction():
     d = toy_data()
     users, pos, neg = _batch(d)
     torch.manual_seed(0)
-    m = EGRA(**d, **toy_graphs(d), item_graph=None, align_anchor="modality", entity_weighting="uniform")
+    m = EGRA(
+        **d,
+        **toy_graphs(d),
+        item_graph=None,
+        align_anchor="modality",
+        entity_weighting="uniform",
+        align_scale="raw",
+    )
     out = m.loss(users, pos, neg)
     v, u_inv, p = _position_views(m, users, pos, neg)
     eb, emm = v.content, v.side

@@ -16,7 +16,7 @@ from egra.pipeline.train import run
 SMALL = [
     "model=egra",
     "data.preset=small",
-    "model.graph_source=raw_features",
+    "graph.graph_source=raw_features",
     "trainer.enable_progress_bar=false",
 ]
 
@@ -44,8 +44,8 @@ def test_large_lambda_trains_or_trips_the_guard(cfg_factory, mostpop_small, scal
         [
             *SMALL,
             *extra,
-            "model.lambda_max=1.0",
-            "model.P=2",
+            "callbacks.alignment_schedule.lambda_max=1.0",
+            "callbacks.alignment_schedule.P=2",
             "trainer.max_epochs=15",
             "callbacks.collapse_guard.min_steps=30",
         ],
@@ -55,7 +55,7 @@ def test_large_lambda_trains_or_trips_the_guard(cfg_factory, mostpop_small, scal
     healthy = metrics["test/Recall@20"] > 1.8 * mostpop_small
     if scale == "raw":
         assert metrics["status"] == "collapsed", metrics["test/Recall@20"]
-        assert "model.lambda_max=1" in metrics["collapse"]
+        assert "callbacks.alignment_schedule.lambda_max=1" in metrics["collapse"]
         assert metrics["epochs_run"] < 15  # stopped early
     assert healthy or metrics["status"] == "collapsed"
     assert not (metrics["status"] == "ok" and not healthy)

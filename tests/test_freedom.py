@@ -19,7 +19,7 @@ from egra.models import FREEDOM
 from egra.models.freedom import mix_item_graphs, sample_edges
 from egra.pipeline import pretrain
 from egra.pipeline.fit import build_net
-from egra.pipeline.graph import GraphSpec, build_graphs, constructor_config
+from egra.pipeline.graph import GraphSpec, build_graphs
 from egra.pipeline.train import run
 from egra.training.module import epoch_rng
 
@@ -364,25 +364,25 @@ def model_kwargs(model: FREEDOM, feats) -> dict:
 def test_graph_stage_builds_freedoms_graph(tmp_path):
     from tests.conftest import make_cfg
 
-    cfg = make_cfg(tmp_path, ["model=freedom", "model.knn_k=5"])
+    cfg = make_cfg(tmp_path, ["model=freedom", "graph.knn_k=5"])
     dm = instantiate(cfg.data)
     dm.setup()
-    graphs = build_graphs(cfg, dm, GraphSpec.of(cfg.model))
+    graphs = build_graphs(cfg, dm, GraphSpec.of(cfg.graph, cfg.model))
     feats = dm.data.features
     for m in ("image", "text"):
         np.testing.assert_allclose(
             graphs.modality[m].toarray(), dense_binary_knn(feats[m].astype(np.float64), 5), atol=1e-6
         )
-    net = build_net(constructor_config(cfg.model), dm, graphs.model_inputs())
+    net = build_net(cfg.model, dm, graphs.model_inputs())
     np.testing.assert_allclose(
         net.item_graph.a.to_dense().numpy(), dense_item_graph(feats, 5, 0.1), atol=1e-6
     )
     # MGCN's graph of the same k is another artifact (weighted), FREEDOM's is reused
-    mgcn_cfg = make_cfg(tmp_path, ["model=mgcn", "model.knn_k=5"])
-    mgcn = build_graphs(mgcn_cfg, dm, GraphSpec.of(mgcn_cfg.model))
+    mgcn_cfg = make_cfg(tmp_path, ["model=mgcn", "graph.knn_k=5"])
+    mgcn = build_graphs(mgcn_cfg, dm, GraphSpec.of(mgcn_cfg.graph, mgcn_cfg.model))
     assert set(mgcn.artifacts.values()).isdisjoint(graphs.artifacts.values())
     assert not np.allclose(mgcn.modality["text"].toarray(), graphs.modality["text"].toarray())
-    again = build_graphs(cfg, dm, GraphSpec.of(cfg.model))
+    again = build_graphs(cfg, dm, GraphSpec.of(cfg.graph, cfg.model))
     assert again.artifacts == graphs.artifacts
 
 
@@ -402,7 +402,7 @@ def test_tiny_end_to_end_learns(cfg_factory):
 
 
 def test_freedom_backbone_pretrain_then_egra_graph_source(cfg_factory):
-    """``egra-pretrain backbone=freedom`` writes the artifact that ``model.graph_source=freedom``
+    """``egra-pretrain backbone=freedom`` writes the artifact that ``graph.graph_source=freedom``
     then builds S^pt from (reused: same key)."""
     short = ["backbones.freedom.max_epochs=2"]
     art = pretrain.run(cfg_factory(["backbone=freedom", *short], config_name="pretrain"))
@@ -410,7 +410,7 @@ def test_freedom_backbone_pretrain_then_egra_graph_source(cfg_factory):
     items = art.array("items")
     assert items.shape[1] == 64 and np.isfinite(items).all()
     metrics = run(
-        cfg_factory(["experiment=egra_tiny", "model.graph_source=freedom", *short, "trainer.max_epochs=2"])
+        cfg_factory(["experiment=egra_tiny", "graph.graph_source=freedom", *short, "trainer.max_epochs=2"])
     )
     assert metrics["graph_source"] == "freedom"
     assert metrics["pretrain_reused"] is True and Path(metrics["pretrain_artifact"]) == art.path

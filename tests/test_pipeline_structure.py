@@ -1,5 +1,5 @@
 """The shape of the code: stages without import cycles, no neighbour search inside models,
-graph keys read by the graph stage, rank helpers, checkpoint graph checks, FAISS fallback."""
+the graph group read by the graph stage, rank helpers, checkpoint graph checks, FAISS fallback."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import egra
 from egra.graphs import knn as knn_mod
 from egra.pipeline import dist
-from egra.pipeline.graph import GRAPH_KEYS, GraphSpec, constructor_config
+from egra.pipeline.graph import GraphSpec
 from egra.training.module import GraphMismatchError, check_graphs
 
 SRC = Path(egra.__file__).parent
@@ -74,25 +74,22 @@ def test_models_never_search_neighbours():
                 assert name not in SEARCHES, f"{path.name} calls {name}"
 
 
-def test_graph_keys_are_stripped_and_model_keys_pass_through():
-    model = OmegaConf.create(
+def test_the_graph_stage_reads_the_graph_group_and_no_model_key_is_stripped():
+    # No masks: a model config goes to its constructor whole (every key an argument: checks).
+    for path in SRC.rglob("*.py"):
+        text = path.read_text()
+        assert "masked_copy" not in text and "_MASK" not in text and "GRAPH_KEYS" not in text, path
+    graph = OmegaConf.create(
         {
-            "_target_": "egra.models.EGRA",
-            "_partial_": True,
+            "method": "flat",
             "knn_k": 7,
             "graph_source": "lightgcn",
             "k_pt": 5,
             "pt_symmetric": False,
             "pt_weighted": True,
-            "beta": 0.5,
-            "some_future_key": 3,
-            "modalities": ["text"],
         }
     )
-    ctor = constructor_config(model)
-    assert not set(GRAPH_KEYS) & set(ctor)
-    assert ctor.beta == 0.5 and ctor.some_future_key == 3 and list(ctor.modalities) == ["text"]
-    spec = GraphSpec.of(model)
+    spec = GraphSpec.of(graph, OmegaConf.create({"beta": 0.5, "modalities": ["text"]}))
     assert (spec.knn_k, spec.source, spec.k_pt, spec.symmetric, spec.weighted) == (
         7,
         "lightgcn",
@@ -102,7 +99,7 @@ def test_graph_keys_are_stripped_and_model_keys_pass_through():
     )
     assert spec.pretrained_source == "lightgcn" and spec.modalities == ("text",)
     assert GraphSpec.of(OmegaConf.create({"graph_source": "none", "k_pt": 5})).pretrained_source is None
-    lightgcn = GraphSpec.of(OmegaConf.create({"n_layers": 2}))
+    lightgcn = GraphSpec.of(OmegaConf.create({"method": "flat"}), OmegaConf.create({"n_layers": 2}))
     assert lightgcn.knn_k is None and lightgcn.source is None
 
 

@@ -15,6 +15,7 @@ from egra.models import EGRA, MGCN, LightGCN
 from egra.models.losses import info_nce_counts
 from egra.models.mgcn import _BlockedLinear
 from egra.pipeline.train import run
+from egra.training.module import check_precision
 from tests.toy_models import toy_data, toy_graphs, toy_item_graph
 
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
@@ -117,6 +118,11 @@ def test_mgcn_trains_and_evaluates_in_bf16_mixed(cfg_factory):
 
 
 def test_half_precision_parameters_are_rejected_before_training(cfg_factory):
-    with pytest.raises(ValueError, match=r"^trainer.precision=bf16-true is not supported: use one of") as err:
+    # The config check refuses them before any stage; the module keeps its own guard.
+    with pytest.raises(
+        ValueError, match=r"^trainer.precision='bf16-true': expected 32-true, 16-mixed"
+    ) as err:
         run(cfg_factory(["model=lightgcn", "trainer.max_epochs=1", "trainer.precision=bf16-true"]))
     assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="trainer.precision=16-true is not supported"):
+        check_precision("16-true")

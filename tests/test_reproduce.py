@@ -30,10 +30,10 @@ from tests.conftest import CONF_DIR
 
 PNGS = (
     "long_tail.png",
-    "sensitivity_model_lambda_min.png",
-    "sensitivity_model_lambda_max.png",
-    "sensitivity_model_P.png",
-    "sensitivity_model_k_pt.png",
+    "sensitivity_callbacks_alignment_schedule_lambda_min.png",
+    "sensitivity_callbacks_alignment_schedule_lambda_max.png",
+    "sensitivity_callbacks_alignment_schedule_P.png",
+    "sensitivity_graph_k_pt.png",
 )
 
 
@@ -58,10 +58,10 @@ def test_budgets_list_every_experiment_and_gate_missing_models(tmp_path):
         has_freedom = (Path(CONF_DIR) / "model" / "freedom.yaml").is_file()
         assert ("freedom" in skipped) != has_freedom
         assert {s.param for s in found if s.param} == {
-            "model.lambda_min",
-            "model.lambda_max",
-            "model.P",
-            "model.k_pt",
+            "callbacks.alignment_schedule.lambda_min",
+            "callbacks.alignment_schedule.lambda_max",
+            "callbacks.alignment_schedule.P",
+            "graph.k_pt",
         }
     assert len(load_budget(CONF_DIR, "full").seeds) == 5
     # A model without conf/model/<name>.yaml is skipped with one line, not run.
@@ -88,7 +88,7 @@ def test_plan_keys_runs_by_config_and_shares_identical_ones(tmp_path):
             "seeds": [0, 1],
             "max_epochs": 2,
             "overall": {"models": ["egra"]},
-            "sensitivity": {"base": ["model=egra"], "grids": {"model.k_pt": [10]}},
+            "sensitivity": {"base": ["model=egra"], "grids": {"graph.k_pt": [10]}},
         }
     )
     extra = [f"paths.root_dir={tmp_path}"]
@@ -133,8 +133,8 @@ def test_report_marks_collapsed_and_failed_runs(tmp_path):
         run("ablations", "EGRA", 0, "ok", 0.2),
         run("long_tail", "EGRA", 0, "ok", 0.2),
         run("long_tail", "EGRA without S^pt", 0, "ok", 0.1),
-        run("sensitivity", "k_pt=5", 0, "ok", 0.3, "model.k_pt", 5),
-        run("sensitivity", "k_pt=10", 0, "collapsed", 0.1, "model.k_pt", 10),
+        run("sensitivity", "k_pt=5", 0, "ok", 0.3, "graph.k_pt", 5),
+        run("sensitivity", "k_pt=10", 0, "collapsed", 0.1, "graph.k_pt", 10),
     ]
     p.skipped = ["freedom"]
     write_report(p, "t")

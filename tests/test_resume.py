@@ -71,7 +71,12 @@ def test_resume_egra_matches_uninterrupted(cfg_factory):
     """EGRA adds the λ(t) schedule (a function of the epoch) and the cached pretrain stage,
     which the resumed run reuses while the uninterrupted one trained it. (KillAt is also in the
     backbone's callbacks, but 2 backbone epochs never reach epoch 2.)"""
-    base = ["model=egra", "backbones.mgcn.max_epochs=2", "trainer.max_epochs=4", "model.P=3"]
+    base = [
+        "model=egra",
+        "backbones.mgcn.max_epochs=2",
+        "trainer.max_epochs=4",
+        "callbacks.alignment_schedule.P=3",
+    ]
     full, resumed = _interrupt_and_resume(cfg_factory, base)
     assert full["pretrain_reused"] is False and resumed["pretrain_reused"] is True
     _assert_same(full, resumed)

@@ -1,4 +1,4 @@
-"""``model.graph_source=self``: EGRA builds ``S^pt`` from its own item vectors while it trains.
+"""``graph.graph_source=self``: EGRA builds ``S^pt`` from its own item vectors while it trains.
 
 The refresh builds the exact kNN graph of the model's current item vectors and the model then
 runs on ``enhanced_adjacency`` of it; refreshes happen at the configured epochs only; the whole
@@ -41,7 +41,7 @@ from tests.conftest import make_cfg
 from tests.test_resume import KillAt, Killed
 from tests.toy_models import toy_data, toy_graphs, toy_item_graph
 
-SELF = ["experiment=egra_tiny", "model.graph_source=self"]
+SELF = ["experiment=egra_tiny", "graph.graph_source=self"]
 COMPARED = ("test/Recall@20", "test/NDCG@20", "valid/Recall@20", "valid/NDCG@20", "best_epoch", "epochs_run")
 
 
@@ -100,14 +100,14 @@ def test_refresh_builds_the_knn_graph_of_the_current_item_vectors(tmp_path, symm
         tmp_path,
         [
             *SELF,
-            "model.k_pt=3",
-            f"model.pt_symmetric={symmetric}",
-            f"model.pt_weighted={weighted}",
+            "graph.k_pt=3",
+            f"graph.pt_symmetric={symmetric}",
+            f"graph.pt_weighted={weighted}",
             f"model.pt_norm={pt_norm}",
             "graph.device=cpu",
         ],
     )
-    spec = GraphSpec.of(cfg.model)
+    spec = GraphSpec.of(cfg.graph, cfg.model)
     d, net = _trained_toy(item_graph=toy_item_graph(20), beta=0.5, pt_norm=pt_norm)
     before = net.item_graph.copy()
     # The item rows the model scores with (they change with S^pt: taken before the refresh).
@@ -183,17 +183,17 @@ def test_no_graph_round_trips_through_a_checkpoint():
 
 
 def test_config_rules(tmp_path):
-    check_config(make_cfg(tmp_path, [*SELF, "model.graph_init=warmup", "model.graph_refresh_every=1"]))
+    check_config(make_cfg(tmp_path, [*SELF, "graph.graph_init=warmup", "graph.graph_refresh_every=1"]))
     for bad, needle in (
-        ("model.graph_refresh_every=0", "model.graph_refresh_every=0: expected an integer >= 1"),
-        ("model.graph_init=later", "model.graph_init='later': expected one of raw_features, warmup"),
-        ("model.k_pt=0", "model.graph_source=none"),
-        ("model.init=backbone", "model.init=backbone needs a trained backbone"),  # there is none
+        ("graph.graph_refresh_every=0", "graph.graph_refresh_every=0: expected an integer >= 1"),
+        ("graph.graph_init=later", "graph.graph_init='later': expected one of raw_features, warmup"),
+        ("graph.k_pt=0", "graph.graph_source=none"),
+        ("optim.init=backbone", "optim.init=backbone needs a trained backbone"),  # there is none
     ):
         with pytest.raises(ConfigError, match=needle):
             check_config(make_cfg(tmp_path, [*SELF, bad]))
     with pytest.raises(ConfigError, match="graph_source='nope': expected one of .*self, none"):
-        check_config(make_cfg(tmp_path, ["model=egra", "model.graph_source=nope"]))
+        check_config(make_cfg(tmp_path, ["model=egra", "graph.graph_source=nope"]))
     assert refresh_callback(make_cfg(tmp_path, ["experiment=egra_tiny"]), GraphSpec()) is None
 
 
@@ -229,8 +229,8 @@ def test_self_before_its_first_refresh_is_graph_source_raw_features(cfg_factory)
     """Same S^pt (one builder for every S^pt) and the same initial weights (no pretraining stage
     to consume or re-seed the RNGs in either): the same run, number for number."""
     base = ["experiment=egra_tiny", "trainer.max_epochs=3"]
-    raw = run(cfg_factory([*base, "model.graph_source=raw_features"], sub="raw"))
-    own = run(cfg_factory([*base, "model.graph_source=self", "model.graph_refresh_every=10"], sub="self"))
+    raw = run(cfg_factory([*base, "graph.graph_source=raw_features"], sub="raw"))
+    own = run(cfg_factory([*base, "graph.graph_source=self", "graph.graph_refresh_every=10"], sub="self"))
     assert own["graph_refreshes"] == 0 and own["graph_nnz"] == raw["graph_nnz"]
     for key in COMPARED:
         assert own[key] == raw[key], key
@@ -241,7 +241,7 @@ def test_self_before_its_first_refresh_is_graph_source_raw_features(cfg_factory)
 def test_resume_after_a_refresh_matches_uninterrupted(cfg_factory, init):
     """Refresh every 2 epochs, killed at the start of epoch 3: last.ckpt (epoch 2) holds the graph
     rebuilt at epoch 2, which the resumed epoch 3 must train on (no refresh there)."""
-    base = [*SELF, f"model.graph_init={init}", "model.graph_refresh_every=2", "trainer.max_epochs=5"]
+    base = [*SELF, f"graph.graph_init={init}", "graph.graph_refresh_every=2", "trainer.max_epochs=5"]
     full = run(cfg_factory(base, sub="full"))
     killed = cfg_factory(
         [*base, f"+callbacks.kill._target_={KillAt.__module__}.KillAt", "+callbacks.kill.epoch=3"],
@@ -272,7 +272,7 @@ def test_self_graph_under_ddp_launcher_same_graph_on_every_rank(tmp_path):
         "-m",
         "egra.train",
         *SELF,
-        "model.graph_refresh_every=1",
+        "graph.graph_refresh_every=1",
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",

@@ -76,9 +76,13 @@ def test_grid_sweeps_expand_and_every_job_composes(tmp_path, name, n_jobs):
 def test_ablations_select_each_variant(tmp_path):
     seen = {}
     for (job,) in _jobs(_compose(["hparams_search=ablations"], tmp_path)):
-        c = _compose(["hparams_search=ablations", job], tmp_path).model
-        seen[job.split("=", 1)[1]] = (c.graph_source, c.P, c.entity_weighting)
-    assert seen["egra_small"] == ("mgcn", 10, "misaligned_up")
+        c = _compose(["hparams_search=ablations", job], tmp_path)
+        seen[job.split("=", 1)[1]] = (
+            c.graph.graph_source,
+            c.callbacks.alignment_schedule.P,
+            c.model.entity_weighting,
+        )
+    assert seen["egra_full"] == ("mgcn", 10, "misaligned_up")
     assert seen["egra_no_enhanced_graph"][0] == "none"
     assert seen["egra_fixed_uniform"][1:] == (0, "uniform")
     assert seen["egra_entity_only"][1:] == (0, "misaligned_up")
@@ -95,7 +99,15 @@ def test_optuna_and_slurm_configs(tmp_path):
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert cfg.optimized_metric == "valid/Recall@20" and cfg.skip_if_done is False
-    assert set(sweeper.params) >= {"model.lambda_min", "model.lambda_max", "model.P"}
+    # EGRA's one search space (tune_egra's), with its own budget
+    tune = _compose(["hparams_search=tune_egra"], tmp_path).hydra.sweeper
+    assert dict(sweeper.params) == dict(tune.params) and sweeper.n_trials == 30
+    assert set(sweeper.params) == {
+        "callbacks.alignment_schedule.lambda_max",
+        "model.beta",
+        "model.pt_norm",
+        "graph.k_pt",
+    }
 
     slurm = _compose(["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"], tmp_path).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
@@ -135,8 +147,8 @@ def test_lambda_grid_multirun_survives_failure_reruns_in_place_and_reports(tmp_p
     sweep = tmp_path / "sweep"
     args = [
         "hparams_search=lambda_grid",
-        "model.lambda_max=0.1",  # a command-line list replaces the config's: 2 × 1 × 1 jobs
-        "model.P=10",
+        "callbacks.alignment_schedule.lambda_max=0.1",  # a command-line list replaces the config's: 2 × 1 × 1 jobs
+        "callbacks.alignment_schedule.P=10",
         "data.preset=tiny",
         "backbones.mgcn.max_epochs=2",
         "trainer.max_epochs=1",
@@ -157,13 +169,14 @@ def test_lambda_grid_multirun_survives_failure_reruns_in_place_and_reports(tmp_p
     assert m0["pretrain_reused"] is False and m0["graph_reused"] is False
     assert not (job1 / "metrics.json").exists()
     error = (job1 / "error.txt").read_text()
-    assert "planted failure of job 1" in error and "model.lambda_min=0.01" in error
+    assert "planted failure of job 1" in error and "callbacks.alignment_schedule.lambda_min=0.01" in error
     # One W&B run per job; the failed job's run is marked failed.
     (r0,), (r1,) = offline_runs(job0), offline_runs(job1)
     w0, w1 = read_offline_run(r0), read_offline_run(r1)
     assert w0.run_id != w1.run_id and w0.group == w1.group == "lambda_grid"
     assert (w0.exit_code, w1.exit_code) == (0, 1)
-    assert w0.config["model"]["lambda_min"] == 0.001 and w1.config["model"]["lambda_min"] == 0.01
+    lam = [w.config["callbacks"]["alignment_schedule"]["lambda_min"] for w in (w0, w1)]
+    assert lam == [0.001, 0.01]
 
     stamp = (job0 / "metrics.json").stat().st_mtime_ns
     # 2nd launch, same command and sweep dir, no planted failure: job 0 is skipped (metrics.json
@@ -183,7 +196,7 @@ def test_lambda_grid_multirun_survives_failure_reruns_in_place_and_reports(tmp_p
     table = capsys.readouterr().out
     results = pd.read_csv(sweep / "results.csv")
     assert len(results) == 2 and (results["status"] == "ok").all()
-    assert sorted(results["model.lambda_min"]) == [0.001, 0.01]
+    assert sorted(results["callbacks.alignment_schedule.lambda_min"]) == [0.001, 0.01]
     assert "0.001" in table and "0.01" in table
 
 
@@ -233,5 +246,6 @@ def test_optuna_sweep_survives_a_failed_trial(tmp_path, monkeypatch):
     m1 = json.loads((sweep / "1" / "metrics.json").read_text())
     best = OmegaConf.load(sweep / "optimization_results.yaml")
     assert best.best_value == pytest.approx(m1["valid/Recall@20"])
-    trial1 = OmegaConf.load(sweep / "1" / ".hydra" / "config.yaml").model
-    assert best.best_params["model.lambda_min"] == pytest.approx(trial1.lambda_min)
+    trial1 = OmegaConf.load(sweep / "1" / ".hydra" / "config.yaml")
+    lam = trial1.callbacks.alignment_schedule.lambda_max
+    assert best.best_params["callbacks.alignment_schedule.lambda_max"] == pytest.approx(lam)

@@ -125,12 +125,12 @@ def test_offline_wandb_run_records_config_history_and_final_metrics(cfg_factory,
 
     # The resolved config.
     assert rec.config["model"]["_target_"] == "egra.models.EGRA"
-    assert rec.config["model"]["lambda_max"] == cfg.model.lambda_max
+    sched = cfg.callbacks.alignment_schedule
+    assert rec.config["callbacks"]["alignment_schedule"]["lambda_max"] == sched.lambda_max
     assert rec.config["seed"] == cfg.seed and rec.config["trainer"]["max_epochs"] == 2
 
     # Per-epoch history: λ(t) of the schedule, the loss terms, validation each epoch.
-    m = cfg.model
-    expected = [lambda_at(e, m.lambda_min, m.lambda_max, m.P, m.ramp) for e in range(2)]
+    expected = [lambda_at(e, sched.lambda_min, sched.lambda_max, sched.P, sched.ramp) for e in range(2)]
     assert rec.series("align/lambda") == pytest.approx(expected, rel=1e-6)
     assert len(rec.series("train/loss_align")) == 2
     assert len(rec.series("valid/Recall@20")) >= 2

@@ -1,4 +1,4 @@
-"""model.init=backbone: EGRA starts from its trained backbone's best-valid weights."""
+"""optim.init=backbone: EGRA starts from its trained backbone's best-valid weights."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_warm_start_copies_what_matches_and_refuses_other_tables():
     assert "item_emb" in loaded and not any(k.startswith("purifier.") for k in loaded)
     torch.testing.assert_close(gate.user_emb, mgcn.user_emb)
     wide = EGRA(**d, **toy_graphs(d), item_graph=None, embedding_dim=32)
-    with pytest.raises(ValueError, match="model.init=backbone.*embedding_dim"):
+    with pytest.raises(ValueError, match="optim.init=backbone.*embedding_dim"):
         warm_start(wide, mgcn.state_dict(), "mgcn")
 
 
@@ -59,7 +59,7 @@ def test_pipeline_starts_from_the_backbone_artifact(cfg_factory):
     cfg = cfg_factory(
         [
             "model=egra",
-            "model.init=backbone",
+            "optim.init=backbone",
             "model.modality_input=purifier",
             "backbones.mgcn.max_epochs=2",
             "trainer.max_epochs=1",

@@ -6,7 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from egra.cli import config_dir, finish_wandb
-from egra.cli.console import quiet_console
+from egra.cli.console import drop_lightning_handlers, quiet_console
 from egra.cli.errors import exit_if_user_error
 from egra.pipeline.checks import check_config
 
@@ -14,9 +14,11 @@ from egra.pipeline.checks import check_config
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="pretrain")
 def main(cfg: DictConfig) -> None:
     try:
-        check_config(cfg)  # issue 13 hooks: bad settings before Lightning's import; quiet console
-        quiet_console()
+        quiet_console()  # each fact once
+        check_config(cfg)  # bad settings before torch's import
         from egra.pipeline.pretrain import run
+
+        drop_lightning_handlers()
 
         run(cfg)
     except Exception as exc:

@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from egra.cli import config_dir, finish_wandb
-from egra.cli.console import quiet_console
+from egra.cli.console import drop_lightning_handlers, quiet_console
 from egra.cli.errors import ERROR_FILE, exit_code, exit_if_user_error, one_line
 from egra.pipeline.checks import check_config
 
@@ -86,11 +86,13 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     hydra_cfg = _hydra_job()
     failed = False
     try:
-        # issue 13 hooks: a bad setting is reported before Lightning's import (seconds); then
-        # one line per log record, no loader/advert noise.
-        check_config(cfg)
+        # Each fact once on the console; a bad setting is reported before torch and Lightning
+        # are imported (the check reads no more than the config and the classes' source).
         quiet_console()
+        check_config(cfg)
         from egra.pipeline.train import run
+
+        drop_lightning_handlers()
 
         metrics = run(cfg)
     except Exception as exc:

@@ -3,9 +3,11 @@
 Zhang et al., "EGRA: Toward Enhanced Behavior Graphs and Representation Alignment for
 Multimodal Recommendation" (arXiv 2508.16170), in the reading of ``egra-method.md``:
 
-* behavior view ``E^b``: LightGCN (mean of layers ``0..L_b``) on
-  ``Â_e = norm([[0, R], [Rᵀ, β·S^pt]])``, where ``S^pt`` is the top-``k_pt`` item-item
-  graph of a pretrained backbone's item vectors;
+* behavior view ``E^b``: LightGCN (mean of layers ``0..L_b``) on the enhanced behavior
+  graph ``A_e = [[0, R], [Rᵀ, β·S^pt]]``, where ``S^pt`` is the top-``k_pt`` item-item
+  graph of a pretrained backbone's item vectors. By default (``pt_norm="separate"``,
+  ``β = 0.2``) the two blocks are normalised apart, ``norm([[0, R], [Rᵀ, 0]]) + β·norm(S^pt)``
+  in the item block; ``pt_norm="joint"`` normalises ``A_e`` as a whole, ``norm(A_e)``;
 * per modality: ``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` (behavior-corrected feature), ``L_m``
   layers on the raw-feature kNN graph ``S^m``, users ``R̂ Z_m`` (plain user-item block);
 * fusion as MGCN's: shared part by attention, specific parts gated by ``σ(W_p,m E^b)``,
@@ -13,8 +15,11 @@ Multimodal Recommendation" (arXiv 2508.16170), in the reading of ``egra-method.m
 
 Loss: ``BPR + λ(t)·L_align + η·L2``. ``L_align`` is InfoNCE between the behavior and
 modality views of the batch's users and positive items, each entity weighted by
-``w = n·softmax(∓cos(e^b, e^mm)/τ_w)`` (no gradient). ``λ(t)`` is set from outside each
-epoch (``align_weight``; see ``egra.training.callbacks.AlignmentSchedule``).
+``w = n·softmax(∓cos(e^b, e^mm)/τ_w)`` (no gradient); by default (``align_scale="chance"``)
+each InfoNCE is divided by its value at chance, ``ln B``. ``λ(t)`` is not a constructor
+argument: the attribute ``align_weight`` holds it, set at every epoch start by the schedule
+callback (``egra.training.callbacks.AlignmentSchedule``, which owns ``λ_min``, ``λ_max``,
+``P``); a model used without it keeps :data:`ALIGN_WEIGHT`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,6 @@ from egra.models.losses import info_nce, info_nce_counts
 from egra.models.mgcn import MGCN, project
 
 WEIGHTING_MODES = ("misaligned_up", "aligned_up", "uniform")
-RAMPS = ("linear", "cosine", "step")
 #: ``raw``: ``λ·(NCE_u + NCE_i)`` as written; ``chance``: each NCE divided by its value at
 #: chance, ``ln B`` (B = batch positions), so λ weighs alignment against BPR in units
 #: that do not move with the batch size.
@@ -46,6 +50,8 @@ ALIGN_ANCHORS = ("behavior", "modality")
 #: ``gate``: ``Z_m = E_I ⊙ σ(W_m X_m + b_m)`` (the method page's reading); ``purifier``:
 #: MGCN's purifier ``E_I ⊙ σ(G_m(W_m X_m + b_m))``, one more d x d map per modality.
 MODALITY_INPUTS = ("gate", "purifier")
+#: ``align_weight`` (λ) of a new model, before a schedule sets it: the schedule's default λ_max.
+ALIGN_WEIGHT = 0.1
 
 
 def entity_weights(alignment: Tensor, mode: str, tau_w: float) -> Tensor:
@@ -122,21 +128,16 @@ class EGRA(MGCN):
         embedding_dim: int = 64,
         n_behavior_layers: int = 2,
         n_modality_layers: int = 1,
-        beta: float = 1.0,
-        lambda_min: float = 0.001,
-        lambda_max: float = 0.1,
-        P: int = 10,
-        ramp: str = "linear",
-        lambda_warmup: int = 0,
+        beta: float = 0.2,
         tau_u: float = 0.2,
         tau_i: float = 0.2,
         tau_w: float = 1.0,
         entity_weighting: str = "misaligned_up",
         cross_pairs: bool = False,
-        align_scale: str = "raw",
+        align_scale: str = "chance",
         align_views: str = "fused",
         align_anchor: str = "behavior",
-        pt_norm: str = "joint",
+        pt_norm: str = "separate",
         modality_input: str = "gate",
         reg_weight: float = 1e-4,
         reg_denominator: float = 2048,
@@ -161,8 +162,6 @@ class EGRA(MGCN):
         )
         if entity_weighting not in WEIGHTING_MODES:
             raise ValueError(f"entity_weighting must be one of {WEIGHTING_MODES}, got {entity_weighting!r}")
-        if ramp not in RAMPS:
-            raise ValueError(f"ramp must be one of {RAMPS}, got {ramp!r}")
         for name, value, choices in (
             ("align_scale", align_scale, ALIGN_SCALES),
             ("align_views", align_views, ALIGN_VIEWS),
@@ -176,19 +175,12 @@ class EGRA(MGCN):
         if modality_input == "gate":  # one gate on the raw projection: no separate purifier
             self.purifier = nn.ModuleDict()
         self.beta = float(beta)
-        self.lambda_min, self.lambda_max, self.P, self.ramp = (
-            float(lambda_min),
-            float(lambda_max),
-            int(P),
-            ramp,
-        )
-        self.lambda_warmup = int(lambda_warmup)
         self.align_scale, self.align_views, self.pt_norm = align_scale, align_views, pt_norm
         self.tau_u, self.tau_i, self.tau_w = float(tau_u), float(tau_i), float(tau_w)
         self.entity_weighting = entity_weighting
         self.cross_pairs = bool(cross_pairs)
-        #: λ(t), set at every epoch start by the schedule callback; λ_max until then.
-        self.align_weight = self.lambda_max
+        #: λ(t), set at every epoch start by the schedule callback.
+        self.align_weight = ALIGN_WEIGHT
         self._interactions = interaction_matrix(train_users, train_items, self.n_users, self.n_items)
         #: ``S^pt`` as given (unnormalised; None without one): what :meth:`set_item_graph` last set.
         self.item_graph: sp.csr_matrix | None = None

@@ -30,10 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite
-from egra.models.base import Recommender
 from egra.models.lightgcn import propagate_mean
 from egra.models.losses import bpr_loss
-from egra.models.mgcn import _as_float_tensor
+from egra.models.multimodal import MultimodalRecommender
 
 #: The modality ``mm_image_weight`` weighs when there are two.
 IMAGE = "image"
@@ -88,7 +87,7 @@ def sample_edges(weights: np.ndarray, n_keep: int, rng: np.random.Generator) -> 
     return np.sort(np.argpartition(keys, n_keep - 1)[:n_keep]).astype(np.int64)
 
 
-class FREEDOM(Recommender):
+class FREEDOM(MultimodalRecommender):
     """FREEDOM: frozen item-item graph + degree-sensitive denoised user-item graph.
 
     ``modality_graphs`` are the per-modality item graphs ``S_m`` in FREEDOM's convention
@@ -123,20 +122,6 @@ class FREEDOM(Recommender):
         modalities: Sequence[str] | None = None,
     ):
         super().__init__()
-        if not features:
-            raise ValueError("FREEDOM needs at least one modality: `features` is empty or None")
-        modalities = sorted(features) if modalities is None else list(modalities)
-        if not modalities:
-            raise ValueError("FREEDOM needs at least one modality: `modalities` is empty")
-        missing = [m for m in modalities if m not in features]
-        if missing:
-            raise ValueError(f"modalities {missing} not in features (have {sorted(features)})")
-        no_graph = [m for m in modalities if m not in (modality_graphs or {})]
-        if no_graph:
-            raise ValueError(
-                f"no kNN graph S_m for modalities {no_graph} in `modality_graphs`: build them with "
-                "egra.graphs.modality_graphs(features, k, preset='freedom')"
-            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not 0.0 <= mm_image_weight <= 1.0:
@@ -146,8 +131,6 @@ class FREEDOM(Recommender):
         self.embedding_dim = embedding_dim
         self.n_ui_layers, self.n_mm_layers = n_ui_layers, n_mm_layers
         self.mm_image_weight, self.dropout, self.reg_weight = mm_image_weight, dropout, reg_weight
-        self.train_features = train_features
-        self.modalities = tuple(modalities)
 
         d = embedding_dim
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
@@ -164,23 +147,14 @@ class FREEDOM(Recommender):
         self.train_adj = self.full_adj
         self.kept_edges: np.ndarray | None = None  # None: the training graph is the full one
 
-        graphs = {}
-        self.proj = nn.ModuleDict()
-        for m in self.modalities:
-            x = _as_float_tensor(features[m])
-            if x.ndim != 2 or x.shape[0] != self.n_items:
-                raise ValueError(f"features[{m!r}] has shape {tuple(x.shape)}, expected ({self.n_items}, d)")
-            g = sp.csr_matrix(modality_graphs[m], dtype=np.float32)
-            if g.shape != (self.n_items, self.n_items):
-                raise ValueError(
-                    f"modality_graphs[{m!r}] has shape {g.shape}, expected ({self.n_items},) * 2"
-                )
-            graphs[m] = g
-            if train_features:
-                self.register_parameter(f"feat_{m}", nn.Parameter(x))
-            else:
-                self.register_buffer(f"feat_{m}", x, persistent=False)
-            self.proj[m] = nn.Linear(x.shape[1], d)
+        graphs = self.setup_modalities(
+            features,
+            modality_graphs,
+            modalities,
+            d,
+            train_features,
+            graph_hint="egra.graphs.modality_graphs(features, k, preset='freedom')",
+        )
         self.item_graph = SparseOp(mix_item_graphs(graphs, mm_image_weight))
 
     # ------------------------------------------------------------- the graphs
@@ -220,10 +194,6 @@ class FREEDOM(Recommender):
         return self.train_adj if self.training else self.full_adj
 
     # ------------------------------------------------------------- forward
-    def feature(self, m: str) -> Tensor:
-        """Raw feature table ``X_m`` (``[I, d_m]``; a parameter when trainable)."""
-        return getattr(self, f"feat_{m}")
-
     def projected(self, m: str, items: Tensor | None = None) -> Tensor:
         """``F_m = X_m W_mᵀ + b_m`` — ``[I, d]``, or its rows ``items`` (projected alone)."""
         x = self.feature(m)

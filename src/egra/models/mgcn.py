@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite, sparse, user_item_block
 from egra.graphs.dense import mm as dense_mm
-from egra.models.base import Recommender
 from egra.models.lightgcn import propagate_mean
 from egra.models.losses import bpr_loss, info_nce_counts, l2_squared
+from egra.models.multimodal import MultimodalRecommender
 
 
 class MGCNViews(NamedTuple):
@@ -110,14 +110,7 @@ def project(layer: nn.Linear, x: Tensor) -> Tensor:
     return _BlockedLinear.apply(x.contiguous(), layer.weight, layer.bias)
 
 
-def _as_float_tensor(x) -> Tensor:
-    """A float32 copy that owns its memory (training must not write into the caller's array)."""
-    if isinstance(x, Tensor):
-        return x.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
-    return torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True))
-
-
-class MGCN(Recommender):
+class MGCN(MultimodalRecommender):
     """Multi-View Graph Convolutional Network, faithful to MMRec's ``MGCN``.
 
     ``modalities`` defaults to the sorted keys of ``features``; one modality works (the
@@ -151,30 +144,11 @@ class MGCN(Recommender):
         modalities: Sequence[str] | None = None,
     ):
         super().__init__()
-        if not features:
-            raise ValueError("MGCN needs at least one modality: `features` is empty or None")
-        if modalities is None:
-            modalities = sorted(features)
-        modalities = list(modalities)
-        if not modalities:
-            raise ValueError("MGCN needs at least one modality: `modalities` is empty")
-        missing = [m for m in modalities if m not in features]
-        if missing:
-            raise ValueError(f"modalities {missing} not in features (have {sorted(features)})")
-        no_graph = [m for m in modalities if m not in (modality_graphs or {})]
-        if no_graph:
-            raise ValueError(
-                f"no kNN graph S_m for modalities {no_graph} in `modality_graphs`: "
-                "build them with egra.graphs.modality_graphs(features, k)"
-            )
-
         self.n_users, self.n_items = int(n_users), int(n_items)
         self.embedding_dim = embedding_dim
         self.n_ui_layers, self.n_layers = n_ui_layers, n_layers
         self.reg_weight, self.cl_loss, self.tau = reg_weight, cl_loss, tau
         self.reg_denominator = float(reg_denominator)
-        self.train_features = train_features
-        self.modalities = tuple(modalities)
 
         d = embedding_dim
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d)))
@@ -189,32 +163,19 @@ class MGCN(Recommender):
         self.proj = nn.ModuleDict()
         self.purifier = nn.ModuleDict()
         self.prefer = nn.ModuleDict()
-        self.item_graphs = nn.ModuleDict()
-        for m in self.modalities:
-            x = _as_float_tensor(features[m])
-            if x.ndim != 2 or x.shape[0] != self.n_items:
-                raise ValueError(f"features[{m!r}] has shape {tuple(x.shape)}, expected ({self.n_items}, d)")
-            graph = sp.csr_matrix(modality_graphs[m], dtype=np.float32)
-            if graph.shape != (self.n_items, self.n_items):
-                raise ValueError(
-                    f"modality_graphs[{m!r}] has shape {graph.shape}, expected ({self.n_items},) * 2"
-                )
-            self.item_graphs[m] = SparseOp(graph)
-            if train_features:
-                self.register_parameter(f"feat_{m}", nn.Parameter(x))
-            else:
-                self.register_buffer(f"feat_{m}", x, persistent=False)
-            self.proj[m] = nn.Linear(x.shape[1], d)
+
+        def gates(m: str) -> None:
             self.purifier[m] = nn.Linear(d, d)
             self.prefer[m] = nn.Linear(d, d)
+
+        graphs = self.setup_modalities(
+            features, modality_graphs, modalities, d, train_features, per_modality=gates
+        )
+        self.item_graphs = nn.ModuleDict({m: SparseOp(g) for m, g in graphs.items()})
         # Shared attention scorer q(x) = w₂ᵀ tanh(W₁x + b₁).
         self.query = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
 
     # ----------------------------------------------------------------- pieces
-    def feature(self, m: str) -> Tensor:
-        """Raw feature table ``X_m`` (``[I, d_m]``; a parameter when trainable)."""
-        return getattr(self, f"feat_{m}")
-
     def content_view(self, rows: Tensor | None = None) -> Tensor:
         """``C = mean_{l=0..L} Â^l [E_U; E_I]`` — ``[U + I, d]``, or its ``rows`` (node ids)."""
         x0 = torch.cat([self.user_emb, self.item_emb], dim=0)

@@ -1,192 +1,44 @@
-"""One validation pass over the whole configuration, before any stage runs.
+"""One validation pass over the whole configuration, before torch is imported and before any stage.
 
-``check_config(cfg)`` needs no data: types, ranges and choices from the rule tables below,
-relations between keys, and every model key checked against the model class's constructor
-(so a typo such as ``+model.lambda_mn=0.1`` fails in a second, not after pretraining).
-``check_data(cfg, dm)`` runs once the dataset is loaded (the reader has validated the files):
-what depends on its size or its feature files (``k_pt`` < items, a model that needs features).
+``check_config(cfg)`` needs no data: the schema (``egra.pipeline.schema``: types, ranges,
+choices, rules between keys), every ``_target_`` group's keys against the class's
+constructor read from source (``egra.pipeline.signatures``: a typo such as
+``+model.lambda_mn=0.1`` fails in a second, naming the closest argument), and the machine
+(``trainer.accelerator=gpu`` where there is no GPU). ``check_data(cfg, dm)`` runs once the
+dataset is loaded and before any other stage: what depends on its size or its feature files.
 
 Both raise :class:`ConfigError` (one line: the key, the value, what was expected) or
 :class:`egra.data.DataError`; the entry points print those as one line (``egra.cli.errors``).
-
-To add a rule for a new model key, add one line to ``MODEL_RULES``; keys without a rule are
-still checked for existence (constructor signature) and type (the constructor default's type).
+Settings that are allowed but say nothing useful give one warning line (logged once).
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
-import math
-import re
+import functools
+import logging
+import os
+import shutil
+import subprocess
+import typing
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from pydantic import BaseModel, ValidationError, create_model
 
 from egra.data import DataError
-from egra.data.synthetic import PRESETS
-from egra.graphs import PT_NORMS
-from egra.graphs.knn import METHODS as KNN_METHODS
-from egra.graphs.knn import MODALITY_PRESETS
-from egra.models.egra import ALIGN_ANCHORS, ALIGN_SCALES, ALIGN_VIEWS, MODALITY_INPUTS, RAMPS, WEIGHTING_MODES
-from egra.pipeline.fit import INITS, RECIPE_KEYS
-from egra.pipeline.graph import GRAPH_INITS, GRAPH_KEYS, SELF_SOURCE
+from egra.pipeline import schema
+from egra.pipeline.signatures import REQUIRED, NotFound, class_names, constant, signature
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """A setting the user has to change; the message is one line naming the key."""
 
 
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts. ``kind``: int | float | bool | str | ints | strs | pair."""
-
-    kind: str
-    ge: float | None = None  # value >= ge
-    gt: float | None = None  # value > gt
-    le: float | None = None  # value <= le
-    lt: float | None = None  # value < lt
-    choices: tuple[Any, ...] | None = None
-    optional: bool = False  # None (null) allowed
-
-    def expected(self) -> str:
-        what = {
-            "int": "an integer",
-            "float": "a number",
-            "bool": "true or false",
-            "str": "a string",
-            "ints": "a non-empty list of integers",
-            "strs": "a list of names",
-            "pair": "a pair [factor, epochs] of positive numbers",
-            "device": "auto, cpu, cuda or cuda:N",
-        }[self.kind]
-        if self.choices is not None:
-            what = "one of " + ", ".join(map(str, self.choices))
-        if self.ge is not None:
-            what += f" >= {self.ge:g}"
-        if self.gt is not None:
-            what += f" > {self.gt:g}"
-        if self.le is not None:
-            what += f"{' and' if self.ge is not None or self.gt is not None else ''} <= {self.le:g}"
-        if self.lt is not None:
-            what += f"{' and' if self.ge is not None or self.gt is not None else ''} < {self.lt:g}"
-        if self.kind == "ints" and (self.ge is not None or self.gt is not None):
-            what = what.replace("integers", "integers, each")
-        return what + (" (or null)" if self.optional else "")
-
-    def ok(self, v: Any) -> bool:
-        if v is None:
-            return self.optional
-        if self.choices is not None and v not in self.choices:
-            return False
-        if self.kind == "int":
-            return _is_int(v) and self._in_range(v)
-        if self.kind == "float":
-            return _is_num(v) and self._in_range(v)
-        if self.kind == "bool":
-            return isinstance(v, bool)
-        if self.kind == "str":
-            return isinstance(v, str)
-        if self.kind == "ints":
-            return _is_seq(v) and len(v) > 0 and all(_is_int(x) and self._in_range(x) for x in v)
-        if self.kind == "strs":
-            return _is_seq(v) and all(isinstance(x, str) and x for x in v)
-        if self.kind == "pair":
-            return _is_seq(v) and len(v) == 2 and all(_is_num(x) and x > 0 for x in v)
-        if self.kind == "device":
-            return isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v.lower()) is not None
-        raise AssertionError(f"unknown rule kind {self.kind!r}")
-
-    def _in_range(self, v: float) -> bool:
-        return (
-            (self.ge is None or v >= self.ge)
-            and (self.gt is None or v > self.gt)
-            and (self.le is None or v <= self.le)
-            and (self.lt is None or v < self.lt)
-        )
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _is_seq(v: Any) -> bool:
-    return isinstance(v, (list, tuple, ListConfig))
-
-
-def Int(ge: float | None = None, **kw: Any) -> Rule:  # noqa: N802 - reads as a type in the tables
-    return Rule("int", ge=ge, **kw)
-
-
-def Num(ge: float | None = None, gt: float | None = None, **kw: Any) -> Rule:  # noqa: N802
-    return Rule("float", ge=ge, gt=gt, **kw)
-
-
-def Choice(*choices: Any, **kw: Any) -> Rule:  # noqa: N802
-    return Rule("str", choices=choices, **kw)
-
-
-BOOL = Rule("bool")
-
-NO_GRAPH = "none"
-#: views a trained backbone can export; each model has its own (``VIEWS``, see _check_export)
-EXPORT_VIEWS = ("fused", "id", "modality")
-
-# Model keys by name, wherever they appear (cfg.model and backbones.<name>.model).
-MODEL_RULES: dict[str, Rule] = {
-    "embedding_dim": Int(ge=1),
-    "n_layers": Int(ge=0),
-    "n_ui_layers": Int(ge=0),
-    "n_behavior_layers": Int(ge=0),
-    "n_modality_layers": Int(ge=0),
-    "n_mm_layers": Int(ge=0),
-    "knn_k": Int(ge=1),
-    "knn_convention": Choice(*MODALITY_PRESETS),
-    "mm_image_weight": Num(ge=0, le=1),
-    "dropout": Num(ge=0, lt=1),
-    "reg_weight": Num(ge=0),
-    "reg_denominator": Num(gt=0),
-    "cl_loss": Num(ge=0),
-    "tau": Num(gt=0),
-    "tau_u": Num(gt=0),
-    "tau_i": Num(gt=0),
-    "tau_w": Num(gt=0),
-    "beta": Num(ge=0),
-    "lambda_min": Num(ge=0),
-    "lambda_max": Num(ge=0),
-    "P": Int(ge=0),
-    "ramp": Choice(*RAMPS),
-    "lambda_warmup": Int(ge=0),
-    "entity_weighting": Choice(*WEIGHTING_MODES),
-    "align_scale": Choice(*ALIGN_SCALES),
-    "align_views": Choice(*ALIGN_VIEWS),
-    "pt_norm": Choice(*PT_NORMS),
-    "modality_input": Choice(*MODALITY_INPUTS),
-    "align_anchor": Choice(*ALIGN_ANCHORS),
-    "cross_pairs": BOOL,
-    "train_features": BOOL,
-    "pt_symmetric": BOOL,
-    "pt_weighted": BOOL,
-    "k_pt": Int(ge=0),  # 0 only with graph_source=none (see _check_relations)
-    "graph_source": Rule("str"),  # a backbone name, "self" or "none": checked against cfg.backbones
-    "graph_refresh_every": Int(ge=1),
-    "graph_init": Choice(*GRAPH_INITS),
-    "modalities": Rule("strs", optional=True),
-    "lr_decay": Rule("pair", optional=True),
-    "init": Choice(*INITS),  # backbone: needs a trained graph_source (see _check_relations)
-}
-
-# Keys of a model config the pipeline reads itself (training recipe; the graph stage's
-# egra.pipeline.graph.GRAPH_KEYS) and strips before calling the constructor: allowed even
-# though the constructor lacks them.
-PIPELINE_MODEL_KEYS = (*RECIPE_KEYS, *GRAPH_KEYS)
 # Constructor arguments the pipeline fills from the data and the graph stage.
 DATA_ARGUMENTS = (
     "n_users",
@@ -197,61 +49,46 @@ DATA_ARGUMENTS = (
     "modality_graphs",
     "item_graph",
 )
-
-# Everything else, by dotted path; a missing key is skipped (configs may omit groups).
-RULES: dict[str, Rule] = {
-    "seed": Int(),
-    "threads": Int(ge=1, optional=True),
-    "data.source": Choice("synthetic", "mmrec"),
-    "data.preset": Choice(*PRESETS),  # read by source=synthetic only
-    "data.batch_size": Int(ge=1),
-    "data.eval_batch_size": Int(ge=1),
-    "data.seed": Int(),
-    "data.modalities": Rule("strs"),
-    "data.require_features": BOOL,
-    "data.mask_valid_at_test": BOOL,
-    "data.filter_cold_users": BOOL,
-    "trainer.max_epochs": Int(ge=1),
-    "trainer.check_val_every_n_epoch": Int(ge=1),
-    "trainer.log_every_n_steps": Int(ge=1),
-    "trainer.num_nodes": Int(ge=1),
-    "eval.ks": Rule("ints", ge=1),
-    "eval.group_ks": Rule("ints", ge=1),
-    "eval.n_pop_groups": Int(ge=1),
-    "optim.optimizer.lr": Num(gt=0),
-    "optim.optimizer.weight_decay": Num(ge=0),
-    "optim.lr_decay": Rule("pair", optional=True),
-    "callbacks.early_stopping.patience": Int(ge=1),
-    "callbacks.collapse_guard.patience": Int(ge=1),
-    "callbacks.collapse_guard.bpr_tol": Num(ge=0),
-    "callbacks.collapse_guard.min_steps": Int(ge=0),
-    "callbacks.collapse_guard.mostpop": BOOL,
-    "graph.method": Choice(*KNN_METHODS),
-    "graph.device": Rule("device"),
-    "graph.chunk_size": Int(ge=1),
-    "graph.nlist": Int(ge=1, optional=True),
-    "graph.nprobe": Int(ge=1),
-    "graph.hnsw_m": Int(ge=1),
-    "graph.ef_search": Int(ge=1),
-    "graph.ef_construction": Int(ge=1),
-    "graph.seed": Int(),
-    "skip_if_done": BOOL,
-    "verbose": BOOL,
+# Hydra's instantiate keys: not constructor arguments.
+HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+# Which ``graph`` keys feed which constructor input: a model without the input ignores them.
+GRAPH_INPUTS = {
+    "modality_graphs": ("knn_k", "knn_convention"),
+    "item_graph": (
+        "graph_source",
+        "k_pt",
+        "pt_symmetric",
+        "pt_weighted",
+        "graph_refresh_every",
+        "graph_init",
+    ),
 }
-BACKBONE_RULES: dict[str, Rule] = {
-    "kind": Choice("trained", "raw_features", "random"),
-    "export": Choice(*EXPORT_VIEWS),
-    "max_epochs": Int(ge=1),
-    "early_stop": BOOL,
-    "weights": Choice("best", "last"),
-    "seed": Int(),
-    "dim": Int(ge=1),
-}
+# Config groups read into the schema (the others, paths/logger/hydra, are not the pipeline's).
+CHECKED_GROUPS = (
+    "seed",
+    "threads",
+    "ckpt_path",
+    "skip_if_done",
+    "verbose",
+    "optimized_metric",
+    "backbone",
+    "data",
+    "model",
+    "graph",
+    "optim",
+    "trainer",
+    "callbacks",
+    "eval",
+    "backbones",
+)
 
 
 def _show(v: Any) -> str:
+    """A value as the command line writes it (null, true, 'text', [1, 2])."""
     if isinstance(v, (DictConfig, ListConfig)):
         v = OmegaConf.to_container(v, resolve=True)
+    if v is None or isinstance(v, bool):
+        return {None: "null", True: "true", False: "false"}[v]
     text = repr(v) if isinstance(v, str) else str(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -260,189 +97,455 @@ def _bad(key: str, value: Any, expected: str) -> str:
     return f"{key}={_show(value)}: expected {expected}"
 
 
-def _get(node: Any, dotted: str) -> tuple[bool, Any]:
-    for part in dotted.split("."):
-        if not isinstance(node, (DictConfig, Mapping)) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _apply(rules: Mapping[str, Rule], node: Any, prefix: str, errors: list[str]) -> None:
-    for key, rule in rules.items():
-        found, value = _get(node, key)
-        if found and not rule.ok(value):
-            errors.append(_bad(f"{prefix}{key}", value, rule.expected()))
+# -- the config as plain data --------------------------------------------------------------
+def _missing_message(key: str) -> str:
+    if key == "data.root":
+        return "data.root: missing; data=mmrec reads an MMRec-format folder: give it as data.root=/path/to/folder"
+    return f"{key}: missing (???); expected a value, e.g. {key}=..."
 
 
-def model_class(target: str) -> type:
-    from hydra.utils import get_class
+def _resolved(node: Any, path: str, errors: list[str]) -> Any:
+    """``node`` as plain data, interpolations resolved. A missing value (``???``) is reported
+    and left out; so is a value that only Hydra's runtime resolves (``${hydra:...}``, absent
+    when a config is composed without it, e.g. by a test)."""
+    if isinstance(node, DictConfig):
+        out = {}
+        for k in node.keys():
+            key = f"{path}.{k}" if path else str(k)
+            if OmegaConf.is_missing(node, k):
+                errors.append(_missing_message(key))
+                continue
+            try:
+                child = node._get_node(k)
+                value = child if isinstance(child, (DictConfig, ListConfig)) else node[k]
+            except Exception as err:  # an interpolation that cannot resolve
+                if "HydraConfig was not set" not in str(err):
+                    errors.append(f"{key}: cannot be resolved ({' '.join(str(err).split()[:20])})")
+                continue
+            out[str(k)] = _resolved(value, key, errors)
+        return out
+    if isinstance(node, ListConfig):
+        return [_resolved(node[i], f"{path}[{i}]", errors) for i in range(len(node))]
+    return node
 
-    try:
-        return get_class(target)
-    except Exception as err:  # Hydra wraps the ImportError in its own type
-        raise ConfigError(f"_target_={target!r}: cannot import the model class ({err})") from None
 
-
-def constructor_params(cls: type) -> tuple[dict[str, inspect.Parameter], bool]:
-    """Named constructor arguments of ``cls``, following ``**kwargs`` up the base classes;
-    and whether unknown names are still accepted (``**kwargs`` all the way up)."""
-    params: dict[str, inspect.Parameter] = {}
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
+def _plain(cfg: DictConfig, errors: list[str]) -> dict[str, Any]:
+    """The checked groups of ``cfg`` resolved to plain data (see :func:`_resolved`)."""
+    tree: dict[str, Any] = {}
+    for key in CHECKED_GROUPS:
+        if key not in cfg:
             continue
-        sig = inspect.signature(init).parameters
-        for name, p in sig.items():
-            if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                params.setdefault(name, p)
-        if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
-            return params, False
-        if klass.__module__.startswith("torch."):
-            break  # nn.Module's own **kwargs is not a model's argument list
-    return params, True
+        if OmegaConf.is_missing(cfg, key):
+            errors.append(_missing_message(key))
+            continue
+        try:
+            value = cfg[key]
+        except Exception as err:
+            if "HydraConfig was not set" not in str(err):
+                errors.append(f"{key}: cannot be resolved ({' '.join(str(err).split()[:20])})")
+            continue
+        tree[key] = _resolved(value, key, errors)
+    return tree
 
 
-def _default_rule(default: Any) -> Rule | None:
-    """A type-only rule from a constructor default (keys nobody wrote a rule for)."""
-    if isinstance(default, bool):
-        return BOOL
-    if isinstance(default, int):
-        return Int()
-    if isinstance(default, float):
-        return Num()
-    if isinstance(default, str):
-        return Rule("str")
+# -- schema errors as lines ----------------------------------------------------------------
+def _unwrap_model(tp: Any) -> tuple[type[BaseModel] | None, Any]:
+    """The BaseModel inside an annotation (Optional[X]), or the value type of a dict[str, X]."""
+    for arg in (tp, *typing.get_args(tp)):
+        if typing.get_origin(arg) is dict:
+            value = typing.get_args(arg)[1]
+            if isinstance(value, type) and issubclass(value, BaseModel):
+                return None, value  # a dict of sections (backbones.<name>)
+    for arg in (tp, *typing.get_args(tp)):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg, None
+    return None, None
+
+
+def _walk(root: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel] | None, str | None, bool]:
+    """(key path, the section holding the last key, that key's field name or None, whether
+    the path ends on a section rather than a field) along ``loc``."""
+    path: list[str] = []
+    model: type[BaseModel] | None = root
+    field: str | None = None
+    pending_dict: Any = None
+    for part in loc:
+        if pending_dict is not None:
+            path.append(str(part))
+            model, pending_dict = _unwrap_model(pending_dict)
+            field = None
+            continue
+        if model is None or not isinstance(part, str):
+            break
+        name = next((n for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if name is None:
+            path.append(part)  # an extra key
+            field = None
+            break
+        path.append(part)
+        field = name
+        sub, value_type = _unwrap_model(model.model_fields[name].annotation)
+        if sub is None and value_type is None:
+            break
+        if value_type is not None:
+            pending_dict = value_type
+            continue
+        model, field = sub, None
+    owner = model
+    return path, owner, field, field is None
+
+
+def _value_at(tree: Any, path: list[str]) -> Any:
+    for part in path:
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _owner(root: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    _, owner, _, _ = _walk(root, tuple(path))
+    return owner
+
+
+def schema_errors(
+    err: ValidationError, tree: dict[str, Any], root: type[BaseModel] = schema.Run
+) -> list[str]:
+    """One message per bad key of a pydantic error (a union's several errors become one)."""
+    out: list[str] = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path, owner, field, on_section = _walk(root, loc)
+        key = ".".join(path)
+        if e["type"] == "extra_forbidden":
+            parent = _owner(root, path[:-1])
+            known = sorted((f.alias or n) for n, f in parent.model_fields.items()) if parent else []
+            msg = f"{key}: not a setting of {'.'.join(path[:-1]) or 'the config'}{_did_you_mean(path[-1], known)}"
+            if known:
+                msg += f"; expected one of {', '.join(known)}"
+        elif e["type"] in ("value_error", "assertion_error"):
+            text = str(e["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            base = path if on_section else path[:-1]
+            msg = text.replace("{p}", ".".join(base) + "." if base else "")
+        else:
+            info = owner.model_fields.get(field) if (owner is not None and field) else None
+            what = schema.expected(info.annotation, info) if info is not None else str(e["msg"]).lower()
+            msg = _bad(key, _value_at(tree, path), what)
+        if msg not in out:
+            out.append(msg)
+    return out
+
+
+# -- classes named by _target_ -------------------------------------------------------------
+def _signature(target: Any, key: str, errors: list[str], what: str = "a class"):
+    if not isinstance(target, str) or not target:
+        errors.append(f"{key}: missing; expected {what}")
+        return None
+    try:
+        return signature(target)
+    except NotFound as err:
+        module = target.rpartition(".")[0]
+        hint = _did_you_mean(target.rpartition(".")[2], class_names(module)) if module else ""
+        errors.append(f"{key}={target!r}: {err}{hint}; expected {what}")
+        return None
+
+
+def _elsewhere() -> dict[str, str]:
+    """Keys a model config may be mistaken to hold, by name: where they are set."""
+    out = {k: f"graph.{k}" for k in schema.ModelGraphs.model_fields}
+    out.update(
+        {
+            k: f"callbacks.alignment_schedule.{k}"
+            for k in schema.AlignmentSchedule.model_fields
+            if k not in ("target", "partial")
+        }
+    )
+    out.update({k: f"optim.{k}" for k in ("init", "lr_decay")})
+    return out
+
+
+def _unknown_keys(
+    node: Mapping[str, Any],
+    sig,
+    prefix: str,
+    errors: list[str],
+    skip=(),
+    elsewhere: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Keys of ``node`` the constructor does not take (reported, with the closest argument or
+    the key of another group it belongs to); returns the known ones."""
+    known = sorted(set(sig.params) - set(skip))
+    elsewhere = elsewhere or {}
+    ok = []
+    for k in node:
+        if k in HYDRA_KEYS:
+            continue
+        if k in skip:
+            errors.append(f"{prefix}{k}: set by the pipeline from the data; remove it from the config")
+        elif k not in sig.params and not sig.open:
+            if k in elsewhere:
+                hint = f" ({elsewhere[k]} is the setting)"
+            else:
+                close = difflib.get_close_matches(str(k), [*known, *elsewhere], n=1)
+                hint = f" (did you mean {elsewhere.get(close[0], close[0])}?)" if close else ""
+            listed = f"; expected one of {', '.join(known)}" if len(known) <= 25 else ""
+            errors.append(f"{prefix}{k}: not an argument of {sig.name}{hint}{listed}")
+        else:
+            ok.append(k)
+    return ok
+
+
+def _default_type(default: Any) -> Any:
+    """The type a config value must have when all that is known is the constructor default."""
+    if default is REQUIRED or default is None:
+        return None
+    for tp in (bool, int, float, str):
+        if type(default) is tp:
+            return tp
     return None
 
 
-def check_model(mcfg: DictConfig, prefix: str, errors: list[str]) -> None:
-    """Every key of a model config is a constructor argument or a pipeline key, with a valid value."""
-    target = mcfg.get("_target_")
-    if not isinstance(target, str):
-        errors.append(f"{prefix}_target_: missing; expected the model class, e.g. egra.models.EGRA")
-        return
+@functools.lru_cache(maxsize=64)
+def _args_model(target: str) -> type[BaseModel]:
+    """:class:`schema.ModelArgs` plus the arguments it does not declare, typed by their defaults."""
+    sig = signature(target)
+    extra = {}
+    for name, p in sig.params.items():
+        if name in schema.ModelArgs.model_fields or name in DATA_ARGUMENTS:
+            continue
+        tp = _default_type(p.default)
+        if tp is not None:
+            extra[name] = (tp, None)
+    return create_model(f"{sig.name}Args", __base__=schema.ModelArgs, **extra)
+
+
+def check_model(
+    mcfg: Mapping[str, Any], gcfg: Mapping[str, Any] | None, prefix: str, gprefix: str, errors: list[str]
+):
+    """A model config's keys are constructor arguments of its class, with valid values, and
+    its graph config gives exactly the graphs the constructor takes."""
+    sig = _signature(
+        mcfg.get("_target_"), f"{prefix}_target_", errors, "the model class, e.g. egra.models.EGRA"
+    )
+    if sig is None:
+        return None
+    known = _unknown_keys(mcfg, sig, prefix, errors, skip=DATA_ARGUMENTS, elsewhere=_elsewhere())
+    values = {k: mcfg[k] for k in known}
     try:
-        cls = model_class(target)
-    except ConfigError as err:
-        errors.append(f"{prefix}{err}")
-        return
-    params, open_kwargs = constructor_params(cls)
-    known = (set(params) - set(DATA_ARGUMENTS)) | set(PIPELINE_MODEL_KEYS)
-    for key in mcfg:
-        if key in ("_target_", "_partial_"):
-            continue
-        if key in DATA_ARGUMENTS:
-            errors.append(f"{prefix}{key}: set by the pipeline from the data; remove it from the config")
-            continue
-        if key not in known and not open_kwargs:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
+        model = _args_model(mcfg["_target_"])
+        model.model_validate(values)
+    except ValidationError as err:
+        for e in err.errors():
+            name = str(e["loc"][0]) if e["loc"] else ""
+            info = model.model_fields.get(name)
+            what = schema.expected(info.annotation, info) if info is not None else str(e["msg"]).lower()
+            line = _bad(f"{prefix}{name}", values.get(name), what)
+            if line not in errors:
+                errors.append(line)
+    graphs = dict(gcfg or {})
+    for needed, keys in GRAPH_INPUTS.items():
+        first = keys[0]
+        if (
+            needed in sig.params
+            and graphs.get(first) is None
+            and not any(e.startswith(f"{gprefix}{first}") for e in errors)
+        ):
             errors.append(
-                f"{prefix}{key}: not an argument of {cls.__name__}{hint}; expected one of {', '.join(sorted(known))}"
+                f"{gprefix}{first}: missing; {sig.name} trains on it (conf/graph/model/<model>.yaml)"
             )
-            continue
-        rule = MODEL_RULES.get(str(key))
-        if rule is None and key in params:
-            rule = _default_rule(params[key].default)
-        value = mcfg[key]
-        if rule is not None and not rule.ok(value):
-            errors.append(_bad(f"{prefix}{key}", value, rule.expected()))
-    lo, hi = mcfg.get("lambda_min"), mcfg.get("lambda_max")
-    if _is_num(lo) and _is_num(hi) and lo > hi:
-        errors.append(f"{prefix}lambda_min={lo} > {prefix}lambda_max={hi}: expected lambda_min <= lambda_max")
+        if needed not in sig.params:
+            for k in keys:
+                if graphs.get(k) is not None:
+                    errors.append(
+                        f"{gprefix}{k}={_show(graphs[k])}: {sig.name} takes no such graph; remove it"
+                    )
+    return sig
 
 
-def _check_relations(cfg: DictConfig, errors: list[str]) -> None:
-    m = cfg.get("model") or {}
-    if "graph_source" in m:
-        sources = [*sorted((cfg.get("backbones") or {}).keys()), SELF_SOURCE, NO_GRAPH]
-        src = m.get("graph_source")
-        if src not in sources:
-            errors.append(_bad("model.graph_source", src, "one of " + ", ".join(sources)))
-        elif src != NO_GRAPH and _is_int(m.get("k_pt")) and m.get("k_pt") < 1:
-            errors.append(
-                f"model.k_pt={m.get('k_pt')}: expected an integer >= 1 "
-                f"(for no S^pt set model.graph_source={NO_GRAPH})"
+def _check_targets(tree: dict[str, Any], errors: list[str]) -> None:
+    """The optimizer, the trainer, the callbacks and a strategy object: keys against signatures."""
+    opt = (tree.get("optim") or {}).get("optimizer")
+    if isinstance(opt, dict):
+        sig = _signature(
+            opt.get("_target_"),
+            "optim.optimizer._target_",
+            errors,
+            "an optimizer class, e.g. torch.optim.Adam",
+        )
+        if sig is not None:
+            _unknown_keys(opt, sig, "optim.optimizer.", errors, skip=("params",))
+    trainer = tree.get("trainer")
+    if isinstance(trainer, dict):
+        sig = _signature(trainer.get("_target_"), "trainer._target_", errors, "lightning.Trainer")
+        if sig is not None:
+            _unknown_keys(trainer, sig, "trainer.", errors, skip=("callbacks", "logger"))
+        strategy = trainer.get("strategy")
+        if isinstance(strategy, dict):
+            sig = _signature(
+                strategy.get("_target_"), "trainer.strategy._target_", errors, "a strategy class"
             )
-    if m.get("init") == "backbone":
-        src = m.get("graph_source")
-        kind = ((cfg.get("backbones") or {}).get(src) or {}).get("kind") if isinstance(src, str) else None
-        if kind != "trained":
-            trained = sorted(
-                k for k, b in (cfg.get("backbones") or {}).items() if (b or {}).get("kind") == "trained"
-            )
-            errors.append(
-                f"model.init=backbone needs a trained backbone as model.graph_source (one of "
-                f"{', '.join(trained)}), got {src!r}"
-            )
-    ks = cfg.get("eval", {}).get("ks")
-    if _is_seq(ks) and RULES["eval.ks"].ok(ks):
-        for key in ("callbacks.model_checkpoint.monitor", "callbacks.early_stopping.monitor"):
-            found, monitor = _get(cfg, key)
-            if found and isinstance(monitor, str) and "@" in monitor:
-                k = monitor.rsplit("@", 1)[1]
-                if k.isdigit() and int(k) not in ks:
-                    errors.append(f"{key}={monitor!r} needs K={k} in eval.ks={list(ks)}")
-        found, group_ks = _get(cfg, "eval.group_ks")
-        if found and _is_seq(group_ks) and not set(group_ks) <= set(ks):
-            errors.append(f"eval.group_ks={list(group_ks)}: expected a subset of eval.ks={list(ks)}")
-    ckpt = cfg.get("ckpt_path")
-    if ckpt not in (None, "", "last") and not (isinstance(ckpt, str) and Path(ckpt).is_file()):
-        errors.append(_bad("ckpt_path", ckpt, "null, 'last' or an existing checkpoint file"))
+            if sig is not None:
+                _unknown_keys(strategy, sig, "trainer.strategy.", errors)
+    for name, cb in (tree.get("callbacks") or {}).items():
+        if isinstance(cb, dict) and "_target_" in cb:
+            sig = _signature(cb["_target_"], f"callbacks.{name}._target_", errors, "a callback class")
+            if sig is not None:
+                _unknown_keys(cb, sig, f"callbacks.{name}.", errors)
 
 
-def _check_export(bcfg: DictConfig, prefix: str, errors: list[str]) -> None:
-    """A trained backbone exports a view its model has (``VIEWS``; a model without them: ``fused``)."""
-    view, target = bcfg.get("export"), bcfg.model.get("_target_")
-    if bcfg.get("kind") != "trained" or view not in EXPORT_VIEWS or not isinstance(target, str):
-        return
+# -- the machine ---------------------------------------------------------------------------
+def machine_gpus() -> int:
+    """NVIDIA GPUs this process may use, without importing torch: ``CUDA_VISIBLE_DEVICES`` if
+    set, else the driver's ``/proc/driver/nvidia/gpus`` entries, else ``nvidia-smi -L``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        ids = [v for v in visible.split(",") if v.strip() and not v.strip().startswith("-")]
+        if not ids:
+            return 0
+    proc = Path("/proc/driver/nvidia/gpus")
+    if proc.is_dir():
+        n = sum(1 for _ in proc.iterdir())
+    elif shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            return 0
+        n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    else:
+        return 0
+    return min(n, len(ids)) if visible is not None else n
+
+
+def torch_has_cuda() -> bool:
+    """Whether the installed torch is a CUDA (or ROCm) build, read from ``torch/version.py``."""
     try:
-        cls = model_class(target)
-    except ConfigError:
-        return  # reported by check_model
-    views = tuple(getattr(cls, "VIEWS", ("fused",)))
-    if view not in views:
-        errors.append(_bad(f"{prefix}export", view, f"one of {', '.join(views)} ({cls.__name__}'s views)"))
+        return bool(constant("torch.version", "cuda") or constant("torch.version", "hip"))
+    except NotFound:
+        return True  # cannot tell: let Lightning say
 
 
-def _used_backbones(cfg: DictConfig) -> list[str]:
-    names = []
-    src = (cfg.get("model") or {}).get("graph_source")
-    if isinstance(src, str) and src != NO_GRAPH:
-        names.append(src)
-    bb = cfg.get("backbone")
-    if isinstance(bb, str):
-        names.append(bb)
-    return [n for n in dict.fromkeys(names) if n in (cfg.get("backbones") or {})]
+def _device_ids(devices: Any) -> tuple[int | None, list[int]]:
+    """(how many devices, explicit ids) of a ``trainer.devices`` value; None: all of them."""
+    if devices in (-1, "-1", "auto"):
+        return None, []
+    if isinstance(devices, int):
+        return devices, []
+    if isinstance(devices, list):
+        return len(devices), list(devices)
+    if isinstance(devices, str) and "," in devices:
+        ids = [int(x) for x in devices.split(",") if x.strip()]
+        return len(ids), ids
+    return (int(devices), []) if isinstance(devices, str) and devices.isdigit() else (None, [])
+
+
+def _check_machine(tree: dict[str, Any], errors: list[str], warnings: list[str]) -> None:
+    t = tree.get("trainer")
+    if not isinstance(t, dict):
+        return
+    acc = t.get("accelerator")
+    gpus: int | None = None
+    if acc in ("gpu", "cuda"):
+        gpus = machine_gpus()
+        if gpus == 0:
+            errors.append(
+                f"trainer.accelerator={acc}: this machine has no NVIDIA GPU (no /proc/driver/nvidia/gpus, "
+                "no nvidia-smi); use trainer.accelerator=cpu (or trainer=cpu)"
+            )
+            return
+        if not torch_has_cuda():
+            errors.append(
+                f"trainer.accelerator={acc}: the installed torch is a CPU build (torch.version.cuda is None); "
+                "install the GPU stack (make setup GPU=1) or use trainer.accelerator=cpu"
+            )
+            return
+        n, ids = _device_ids(t.get("devices"))
+        if n is not None and n > gpus:
+            errors.append(f"trainer.devices={_show(t.get('devices'))}: this machine has {gpus} GPU(s)")
+        elif ids and max(ids) >= gpus:
+            errors.append(f"trainer.devices={_show(t.get('devices'))}: GPU ids go from 0 to {gpus - 1} here")
+    if str(t.get("precision")) == "16-mixed" and (acc == "cpu" or (acc == "auto" and machine_gpus() == 0)):
+        warnings.append(
+            "trainer.precision=16-mixed on a CPU: there is no fp16 autocast there; Lightning trains in "
+            "bf16-mixed instead (say trainer.precision=bf16-mixed to silence this)"
+        )
+
+
+# -- the whole config ----------------------------------------------------------------------
+def _export_views(tree: dict[str, Any], errors: list[str], sigs: dict[str, Any]) -> None:
+    for name, b in (tree.get("backbones") or {}).items():
+        sig = sigs.get(name)
+        view = (b or {}).get("export")
+        if sig is None or b.get("kind") != "trained" or view not in schema.EXPORT_VIEWS:
+            continue
+        views = tuple(sig.attributes.get("VIEWS", ("fused",)))
+        if view not in views:
+            errors.append(
+                _bad(f"backbones.{name}.export", view, f"one of {', '.join(views)} ({sig.name}'s views)")
+            )
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` listing every bad setting of ``cfg`` (one line), else return."""
+    """Raise :class:`ConfigError` listing every bad setting of ``cfg`` (one line), else log the
+    warnings (one line each) and return. Imports no torch."""
     errors: list[str] = []
-    _apply(RULES, cfg, "", errors)
-    if cfg.get("model") is not None:
-        check_model(cfg.model, "model.", errors)
-    backbones = cfg.get("backbones") or {}
-    for name in _used_backbones(cfg):
-        bcfg = backbones[name]
-        _apply(BACKBONE_RULES, bcfg, f"backbones.{name}.", errors)
-        if bcfg.get("model") is not None:
-            check_model(bcfg.model, f"backbones.{name}.model.", errors)
-            _check_export(bcfg, f"backbones.{name}.", errors)
-    bb = cfg.get("backbone")
-    if isinstance(bb, str) and bb not in backbones:
-        errors.append(_bad("backbone", bb, "one of " + ", ".join(sorted(backbones))))
-    _check_relations(cfg, errors)
+    warnings: list[str] = []
+    tree = _plain(cfg, errors)
+    try:
+        schema.Run.model_validate(tree)
+    except ValidationError as err:
+        errors += [m for m in schema_errors(err, tree) if m not in errors]
+    if isinstance(tree.get("model"), dict):
+        check_model(tree["model"], tree.get("graph"), "model.", "graph.", errors)
+    sigs = {}
+    for name, b in (tree.get("backbones") or {}).items():
+        if isinstance(b, dict) and b.get("kind") == "trained" and isinstance(b.get("model"), dict):
+            sigs[name] = check_model(
+                b["model"], b.get("graph"), f"backbones.{name}.model.", f"backbones.{name}.graph.", errors
+            )
+    _export_views(tree, errors, sigs)
+    _check_targets(tree, errors)
+    if not errors:
+        _check_machine(tree, errors, warnings)
     if errors:
-        raise ConfigError("; ".join(errors))
+        raise ConfigError("; ".join(dict.fromkeys(errors)))
+    for w in warnings:
+        log.warning("%s", w)
 
 
-def _needs_features(model_cfg: Any) -> bool:
+# -- with the data -------------------------------------------------------------------------
+def _models_in_use(cfg: DictConfig) -> list[tuple[str, Any, Any]]:
+    """(config path, model config or untrained backbone config, its graph config) of the model
+    and of the backbones the run reads."""
+    out = [("model", cfg.get("model"), cfg.get("graph"))]
+    backbones = cfg.get("backbones") or {}
+    names = []
+    src = (cfg.get("graph") or {}).get("graph_source")
+    if isinstance(src, str) and src not in (schema.NO_GRAPH, schema.SELF_SOURCE):
+        names.append(src)
+    if isinstance(cfg.get("backbone"), str):
+        names.append(cfg.backbone)
+    for name in dict.fromkeys(names):
+        b = backbones.get(name)
+        if b is not None:
+            out.append(
+                (f"backbones.{name}", b.get("model") if b.get("kind") == "trained" else b, b.get("graph"))
+            )
+    return out
+
+
+def _needs_features(mcfg: Any) -> bool:
     """A model consumes item features when its constructor picks ``modalities``."""
-    if model_cfg is None or not isinstance(model_cfg.get("_target_"), str):
+    if mcfg is None:
         return False
-    return "modalities" in constructor_params(model_class(model_cfg._target_))[0]
+    if "_target_" not in mcfg:
+        return mcfg.get("kind") == "raw_features"
+    try:
+        return "modalities" in signature(str(mcfg._target_)).params
+    except NotFound:
+        return False
 
 
 def _feature_files(dm) -> str:
@@ -455,18 +558,15 @@ def check_data(cfg: DictConfig, dm) -> None:
     """Checks that need the loaded dataset ``dm`` (a set-up ``RecDataModule``)."""
     data = dm.data
     folder = Path(data.source).parent
-    users: list[tuple[str, Any]] = [("model", cfg.get("model"))]
-    backbones = cfg.get("backbones") or {}
-    for name in _used_backbones(cfg):
-        b = backbones[name]
-        users.append((f"backbones.{name}", b.get("model") if b.get("kind") == "trained" else b))
-    for where, mcfg in users:
+    n_items = data.n_items
+    for where, mcfg, gcfg in _models_in_use(cfg):
         if mcfg is None:
             continue
-        needs = _needs_features(mcfg) if "_target_" in mcfg else mcfg.get("kind") == "raw_features"
+        needs = _needs_features(mcfg)
+        name = str(mcfg.get("_target_") or f"kind={mcfg.get('kind')}").rsplit(".", 1)[-1]
         if needs and not data.features:
             raise DataError(
-                f"{folder}: {where} ({_name(mcfg)}) needs item features, but none of "
+                f"{folder}: {where} ({name}) needs item features, but none of "
                 f"{_feature_files(dm)} is there (data.modalities={list(dm.modalities)})"
             )
         wanted = mcfg.get("modalities") if "_target_" in mcfg else None
@@ -477,16 +577,35 @@ def check_data(cfg: DictConfig, dm) -> None:
                     f"{where}.modalities={list(wanted)}: {', '.join(missing)} not loaded from {folder} "
                     f"(loaded: {', '.join(sorted(data.features)) or 'none'})"
                 )
-        k = mcfg.get("knn_k") if "_target_" in mcfg else None
-        if needs and _is_int(k) and k >= data.n_items:
-            raise ConfigError(f"{where}.knn_k={k}: expected < the {data.n_items} items of {data.name}")
-    m = cfg.get("model") or {}
-    if m.get("graph_source", NO_GRAPH) != NO_GRAPH and _is_int(m.get("k_pt")) and m.k_pt >= data.n_items:
+        gprefix = "graph" if where == "model" else f"{where}.graph"
+        g = gcfg or {}
+        k = g.get("knn_k")
+        if needs and isinstance(k, int) and k >= n_items:
+            raise ConfigError(f"{gprefix}.knn_k={k}: expected < the {n_items} items of {data.name}")
+    g = cfg.get("graph") or {}
+    k_pt = g.get("k_pt")
+    if (
+        g.get("graph_source", schema.NO_GRAPH) not in (None, schema.NO_GRAPH)
+        and isinstance(k_pt, int)
+        and k_pt >= n_items
+    ):
+        raise ConfigError(f"graph.k_pt={k_pt}: expected 1 <= k_pt < the {n_items} items of {data.name}")
+    groups = int(cfg.eval.n_pop_groups)
+    counts = data.item_train_counts()
+    with_train = int((counts > 0).sum())
+    limit = min(n_items, with_train + 1)
+    if groups > limit:
         raise ConfigError(
-            f"model.k_pt={m.k_pt}: expected 1 <= k_pt < the {data.n_items} items of {data.name}"
+            f"eval.n_pop_groups={groups}: expected <= {limit} for {data.name} ({n_items} items, {with_train} "
+            "with train interactions; groups hold equal train interactions and none may be empty)"
         )
-
-
-def _name(mcfg: Any) -> str:
-    target = mcfg.get("_target_")
-    return str(target).rsplit(".", 1)[-1] if target else f"kind={mcfg.get('kind')}"
+    big = [k for k in cfg.eval.ks if k >= n_items]
+    if big:
+        log.warning(
+            "eval.ks: K=%s >= the %d items of %s: every item is in the top-K, so the @%s metrics are "
+            "trivial (Recall 1)",
+            ", ".join(map(str, big)),
+            n_items,
+            data.name,
+            big[0],
+        )

@@ -1,6 +1,6 @@
 """A fair comparison of models: equal tuning budget, several seeds, paired tests.
 
-For each model (an experiment config such as ``lightgcn_small``): its shipped defaults and an
+For each model (its recipe, such as ``model=lightgcn``): its shipped defaults and an
 Optuna study of ``trials`` trials on valid Recall@20 (``hparams_search=tune_<model>``, Hydra's
 Optuna sweeper), then the better of the two re-run on ``seeds`` training seeds (data fixed),
 then paired tests of the reference model (EGRA) against every other one:
@@ -40,10 +40,11 @@ METRICS = ("Recall@20", "NDCG@20")
 
 @dataclass(frozen=True)
 class Entry:
-    """One model of the comparison: its label, experiment config and search space."""
+    """One model of the comparison: its label, recipe (an override: ``model=<name>`` or
+    ``experiment=<name>``) and search space."""
 
     label: str
-    experiment: str
+    recipe: str
     search: str  # hparams_search config: tune_<model>
     # (label, backbone name): this model's backbone takes that entry's tuned parameters, so
     # EGRA is built on the MGCN it is compared with, not on MGCN's defaults.
@@ -53,9 +54,9 @@ class Entry:
 def default_entries() -> list[Entry]:
     """LightGCN, MGCN and EGRA with their recipes of the generated presets."""
     return [
-        Entry("LightGCN", "lightgcn_small", "tune_lightgcn"),
-        Entry("MGCN", "mgcn_small", "tune_mgcn"),
-        Entry("EGRA", "egra_small", "tune_egra", backbone=("MGCN", "mgcn")),
+        Entry("LightGCN", "model=lightgcn", "tune_lightgcn"),
+        Entry("MGCN", "model=mgcn", "tune_mgcn"),
+        Entry("EGRA", "model=egra", "tune_egra", backbone=("MGCN", "mgcn")),
     ]
 
 
@@ -102,7 +103,7 @@ def tune(entry: Entry, out: Path, common: Sequence[str], trials: int, seed: int)
         log.info("tuning %s: %d trials", entry.label, trials)
         _train(
             [
-                f"experiment={entry.experiment}",
+                entry.recipe,
                 f"hparams_search={entry.search}",
                 f"hydra.sweeper.n_trials={trials}",
                 f"hydra.sweeper.sampler.seed={seed}",
@@ -117,7 +118,7 @@ def tune(entry: Entry, out: Path, common: Sequence[str], trials: int, seed: int)
     if not (defaults / "metrics.json").exists():
         log.info("tuning %s: its defaults", entry.label)
         _train(
-            [f"experiment={entry.experiment}", f"seed={seed}", f"hydra.run.dir={defaults}", *common],
+            [entry.recipe, f"seed={seed}", f"hydra.run.dir={defaults}", *common],
             out / "logs" / f"tune_{entry.label}.log",
         )
     m = json.loads((defaults / "metrics.json").read_text())
@@ -160,7 +161,7 @@ def run_seeds(
     """
     sweep = out / "seeds" / entry.label
     # Seed runs of another choice (the chosen parameters or the backbone changed) are redone.
-    keys = ("model.", "backbones.")  # what a choice sets (tune_* spaces search model.* only)
+    keys = ("model.", "graph.", "callbacks.", "backbones.")  # what a choice sets (the tune_* spaces)
     want = {_override(k, v) for k, v in params.items()} | set(common)
     seen = _recorded(sweep / f"seed{seeds[0]}", keys)
     if seen is not None and seen != {o for o in want if o.startswith(keys)}:
@@ -170,7 +171,7 @@ def run_seeds(
         _train(
             [
                 "-m",
-                f"experiment={entry.experiment}",
+                entry.recipe,
                 *[_override(k, v) for k, v in params.items()],
                 "seed=" + ",".join(str(s) for s in seeds),
                 f"hydra.sweep.dir={sweep}",

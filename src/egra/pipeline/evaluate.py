@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from egra.pipeline.fit import Fitted, build_module, build_net
-from egra.pipeline.graph import Graphs, GraphSpec, constructor_config, load_named
+from egra.pipeline.graph import Graphs, GraphSpec, load_named
 from egra.pipeline.io import PER_USER_FILE, git_revision
 from egra.training.module import RecommenderModule
 
@@ -37,6 +37,11 @@ def evaluate(
     returns the same metrics.
     """
     trainer, module = fitted.trainer, fitted.module
+    bar = trainer.progress_bar_callback
+    if bar is not None:
+        # Two passes of seconds: the fit's bar said what the console needs (a disabled bar
+        # would still end each pass with a blank line).
+        trainer.callbacks = [c for c in trainer.callbacks if c is not bar]
     valid = trainer.validate(module, datamodule=dm, ckpt_path=fitted.best_path, verbose=False)[0]
     test = trainer.test(module, datamodule=dm, ckpt_path=fitted.best_path, verbose=False)[0]
     out_dir = fitted.out_dir
@@ -85,12 +90,12 @@ def load_module(cfg: DictConfig, dm, ckpt_path: str | Path) -> RecommenderModule
     names = ckpt.get("egra_graphs") or {}
     mats = load_named(cfg.paths.artifact_dir, names)
     graphs = Graphs(
-        spec=GraphSpec.of(cfg.model),
+        spec=GraphSpec.of(cfg.graph, cfg.model),
         modality={n.split("/", 1)[1]: g for n, g in mats.items() if n.startswith("S^m/")},
         pretrained=mats.get("S^pt"),
         artifacts={n: ref["artifact"] for n, ref in names.items()},
     )
-    net = build_net(constructor_config(cfg.model), dm, graphs.model_inputs())
+    net = build_net(cfg.model, dm, graphs.model_inputs())
     module = build_module(cfg, dm, net, graphs.names())
     module.on_load_checkpoint(ckpt)  # checks the graphs once more, by content
     module.load_state_dict(ckpt["state_dict"])

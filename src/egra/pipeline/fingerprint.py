@@ -84,7 +84,7 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: dict, new: dict, limit: int = 3) -> str:
-    """``model.k_pt: 10 -> 3, ...`` for the first ``limit`` differing keys."""
+    """``graph.k_pt: 10 -> 3, ...`` for the first ``limit`` differing keys."""
     a, b = _flat(old), _flat(new)
     keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
     parts = [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys[:limit]]
@@ -124,12 +124,17 @@ def finished_run(cfg: DictConfig, out_dir: Path) -> dict[str, Any] | None:
 
 
 # What a checkpoint's weights and sampler state depend on: a resume must not change them.
-RESUME_KEYS = ("model", "data", "seed")
-RESUME_FREE = ("data.eval_batch_size",)  # evaluation chunking only
+RESUME_KEYS = ("model", "data", "seed", "graph", "callbacks.alignment_schedule")
+RESUME_FREE = ("data.eval_batch_size", "graph.device", "graph.chunk_size")  # how, not what
 
 
 def _resume_part(tree: dict) -> dict:
-    part = {k: copy.deepcopy(tree.get(k)) for k in RESUME_KEYS}
+    part = {}
+    for dotted in RESUME_KEYS:
+        node: Any = tree
+        for p in dotted.split("."):
+            node = node.get(p) if isinstance(node, dict) else None
+        part[dotted] = copy.deepcopy(node)
     for dotted in RESUME_FREE:
         head, last = dotted.split(".")
         if isinstance(part.get(head), dict):
@@ -153,7 +158,7 @@ def check_resume(cfg: DictConfig, out_dir: Path) -> None:
     if before != now:
         raise ConfigError(
             f"ckpt_path=last: {out_dir / 'checkpoints' / 'last.ckpt'} belongs to another run "
-            f"({config_changes(before, now)}); resume with the same model, data and seed, "
+            f"({config_changes(before, now)}); resume with the same model, graphs, λ schedule, data and seed, "
             "or start a new run directory"
         )
 

@@ -24,26 +24,20 @@ from egra.training.module import RecommenderModule
 
 log = logging.getLogger(__name__)
 
-# Keys of a model config that configure its training recipe, not its constructor.
-RECIPE_KEYS = ("lr_decay", "init")
-#: ``model.init``: ``scratch`` (the constructor's initialisation) or ``backbone`` (start from
-#: the weights of the backbone ``S^pt`` came from, wherever name and shape agree).
-INITS = ("scratch", "backbone")
 # Tables a warm start must find in the backbone, or it is not a warm start at all.
 SHARED_TABLES = ("user_emb", "item_emb")
 
 
 def lr_decay(cfg: DictConfig) -> tuple[float, float]:
-    """``optim.lr_decay`` if set, else the model's recipe (MGCN/EGRA: MMRec's [0.96, 50]), else constant."""
-    value = cfg.optim.get("lr_decay") or cfg.model.get("lr_decay") or (1.0, 50.0)
+    """``optim.lr_decay`` (MGCN/EGRA: MMRec's [0.96, 50], from conf/optim/model/), else constant."""
+    value = cfg.optim.get("lr_decay") or (1.0, 50.0)
     return float(value[0]), float(value[1])
 
 
 def build_net(model_cfg: DictConfig, dm, inputs: Mapping[str, Any] | None = None):
-    """The plain model: ``model_cfg`` (a ``_partial_`` constructor config) called with the
-    data's inputs and ``inputs`` (graphs from the graph stage)."""
-    ctor = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k not in RECIPE_KEYS])
-    factory = instantiate(ctor)
+    """The plain model: ``model_cfg`` (a ``_partial_`` config of its constructor arguments)
+    called with the data's inputs and ``inputs`` (graphs from the graph stage)."""
+    factory = instantiate(model_cfg)
     return factory(**dm.model_inputs(), **dict(inputs or {}))
 
 
@@ -60,16 +54,16 @@ def warm_start(net, state: Mapping[str, Any], source: str) -> list[str]:
         absent = [k for k in missing if k not in state]
         if absent:
             raise ValueError(
-                f"model.init=backbone: the {source} backbone has no {', '.join(absent)} "
+                f"optim.init=backbone: the {source} backbone has no {', '.join(absent)} "
                 f"(its tensors: {', '.join(sorted(state)[:6])}, ...): start from scratch or use another graph_source"
             )
         raise ValueError(
-            f"model.init=backbone: the {source} backbone's {', '.join(missing)} have shapes "
+            f"optim.init=backbone: the {source} backbone's {', '.join(missing)} have shapes "
             f"{[tuple(state[k].shape) for k in missing]}, the model's {[tuple(own[k].shape) for k in missing]}: "
             "expected the same model.embedding_dim"
         )
     net.load_state_dict(loaded, strict=False)
-    log.info("model.init=backbone: %d of %d tensors from %s", len(loaded), len(own), source)
+    log.info("optim.init=backbone: %d of %d tensors from %s", len(loaded), len(own), source)
     return sorted(loaded)
 
 

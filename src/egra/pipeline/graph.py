@@ -2,7 +2,7 @@
 
 * ``S^m``, one per modality: top-``knn_k`` cosine graph of the raw features, in MGCN's
   convention (cosine-weighted; MGCN and EGRA) or FREEDOM's (binary edges, each ``1/k``),
-  as ``model.knn_convention`` says (``egra.graphs.modality_graphs``);
+  as ``graph.knn_convention`` says (``egra.graphs.modality_graphs``);
 * ``S^pt``: top-``k_pt`` graph of a pretrained backbone's item vectors, self excluded,
   binary or cosine-weighted, symmetrised or directed (``egra-method.md``), for EGRA's
   enhanced behavior graph. With ``graph_source=self`` no backbone is pretrained: ``S^pt``
@@ -10,12 +10,13 @@
   epochs (:func:`refresh_callback`, the same builder as here), starting from the raw
   features' graph (``graph_init=raw_features``, built here) or from none (``warmup``).
 
-Which graphs a model needs is said by its config (the method's names, :data:`GRAPH_KEYS`):
-``model.knn_k`` and ``model.knn_convention`` (``S^m``), ``model.graph_source``, ``model.k_pt``,
-``model.pt_symmetric``, ``model.pt_weighted``, ``model.graph_refresh_every``, ``model.graph_init``
-(``S^pt``). They are read here and stripped before the model is built; every other model key
-is the model's. How the neighbours are searched (FAISS method, device, chunking) is the
-``graph`` config group, read only by :func:`search_options`.
+Everything this stage reads is the ``graph`` config group: which graphs the model trains on
+(its file in ``conf/graph/model/``: ``graph.knn_k`` and ``graph.knn_convention`` for ``S^m``;
+``graph.graph_source``, ``graph.k_pt``, ``graph.pt_symmetric``, ``graph.pt_weighted``,
+``graph.graph_refresh_every``, ``graph.graph_init`` for ``S^pt``; a trained backbone's
+are ``backbones.<name>.graph``) and how the neighbours are searched (FAISS method, device,
+chunking: :func:`search_options`). The model config holds constructor arguments only; the
+one model key read here is ``model.modalities`` (which ``S^m`` to build).
 
 Each graph is an artifact ``graphs/<key>/`` (CSR arrays + manifest) whose key hashes what
 determines its content: the dataset fingerprint or the embedding artifact, the graph's
@@ -34,33 +35,18 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from egra.graphs import graph_digest, knn_graph, modality_graphs, rank_device
 from egra.pipeline import dist
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
+from egra.pipeline.schema import GRAPH_INITS, NO_GRAPH, SELF_SOURCE
 from egra.training.callbacks import GraphRefresh
 
 log = logging.getLogger(__name__)
 
 #: The arrays of a graph artifact (CSR); an artifact whose manifest lacks one is rebuilt.
 GRAPH_FILES = ("data", "indices", "indptr")
-#: Model config keys that say which graphs to build (read here, never passed to a model).
-GRAPH_KEYS = (
-    "knn_k",
-    "knn_convention",
-    "graph_source",
-    "k_pt",
-    "pt_symmetric",
-    "pt_weighted",
-    "graph_refresh_every",
-    "graph_init",
-)
-#: ``graph_source`` of an ``S^pt`` built during training from the model's own item vectors.
-SELF_SOURCE = "self"
-#: ``S^pt`` of a ``graph_source=self`` run before its first refresh: the raw features' kNN
-#: graph, or none (the enhanced graph starts with the first refresh).
-GRAPH_INITS = ("raw_features", "warmup")
 #: Search methods that return the exact top-k: one artifact whichever of them built it.
 EXACT_METHODS = ("flat", "flat_sym")
 # Backbone metrics carried into the EGRA run's metrics.json (for side-by-side tables).
@@ -83,29 +69,31 @@ class GraphSpec:
     weighted: bool = False
     modalities: tuple[str, ...] | None = None
     refresh_every: int = 5  # graph_source=self: epochs between rebuilds of S^pt
-    init: str = "raw_features"  # graph_source=self: S^pt before the first rebuild (GRAPH_INITS)
+    init: str = GRAPH_INITS[0]  # graph_source=self: S^pt before the first rebuild (GRAPH_INITS)
 
     @classmethod
-    def of(cls, model_cfg: DictConfig) -> GraphSpec:
-        m = model_cfg
-        mods = m.get("modalities")
+    def of(cls, graph_cfg: Any, model_cfg: Any = None) -> GraphSpec:
+        """The graphs ``graph_cfg`` (a ``graph`` group, or a backbone's) asks for, for the
+        modalities of ``model_cfg``."""
+        g = graph_cfg if graph_cfg is not None else {}
+        mods = (model_cfg or {}).get("modalities")
         return cls(
-            knn_k=int(m.knn_k) if m.get("knn_k") is not None else None,
-            convention=str(m.get("knn_convention") or "mgcn"),
-            source=str(m.graph_source) if "graph_source" in m else None,
-            k_pt=int(m.get("k_pt") or 0),
-            symmetric=bool(m.get("pt_symmetric", True)),
-            weighted=bool(m.get("pt_weighted", False)),
+            knn_k=int(g["knn_k"]) if g.get("knn_k") is not None else None,
+            convention=str(g.get("knn_convention") or "mgcn"),
+            source=str(g["graph_source"]) if g.get("graph_source") is not None else None,
+            k_pt=int(g.get("k_pt") or 0),
+            symmetric=bool(g.get("pt_symmetric", True)),
+            weighted=bool(g.get("pt_weighted", False)),
             modalities=tuple(mods) if mods else None,
-            refresh_every=int(m.get("graph_refresh_every", 5)),
-            init=str(m.get("graph_init", "raw_features")),
+            refresh_every=int(g.get("graph_refresh_every", 5)),
+            init=str(g.get("graph_init", "raw_features")),
         )
 
     @property
     def pretrained_source(self) -> str | None:
         """The backbone ``S^pt`` is built from, or None when no pretrained ``S^pt`` is wanted
         (none at all, or ``graph_source=self``)."""
-        if self.source in (None, "none", SELF_SOURCE) or self.k_pt == 0:
+        if self.source in (None, NO_GRAPH, SELF_SOURCE) or self.k_pt == 0:
             return None
         return self.source
 
@@ -113,11 +101,6 @@ class GraphSpec:
     def self_graph(self) -> bool:
         """``S^pt`` is rebuilt during training from the model's own item vectors."""
         return self.source == SELF_SOURCE and self.k_pt > 0
-
-
-def constructor_config(model_cfg: DictConfig) -> DictConfig:
-    """``model_cfg`` without :data:`GRAPH_KEYS`: new model keys pass through untouched."""
-    return OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k not in GRAPH_KEYS])
 
 
 @dataclass
@@ -200,9 +183,10 @@ def _cached_graph(cache: ArtifactCache, key: str, build, meta: dict[str, Any]) -
 
 
 def modality_graph_set(
-    cfg: DictConfig, dm, spec: GraphSpec
+    cfg: DictConfig, dm, spec: GraphSpec, known: Graphs | None = None
 ) -> tuple[dict[str, sp.csr_matrix], dict[str, str]]:
-    """``S^m`` for every modality the model uses, and their artifact keys."""
+    """``S^m`` for every modality the model uses, and their artifact keys. A graph ``known``
+    already holds under the same key (the backbone's, built by this run) is taken from it."""
     feats = dm.data.features
     names = list(spec.modalities) if spec.modalities else sorted(feats)
     opts = search_options(cfg)
@@ -214,6 +198,9 @@ def modality_graph_set(
             raise ValueError(f"modality {m!r} is not in the data's features {sorted(feats)}")
         params = {"graph": "S^m", "modality": m, "k": spec.knn_k, "convention": spec.convention}
         key = artifact_key(dataset=fingerprint, **params, **_search_key(opts))
+        if known is not None and known.artifacts.get(f"S^m/{m}") == key:
+            graphs[m], keys[f"S^m/{m}"] = known.modality[m], key
+            continue
         art = _cached_graph(
             cache,
             key,
@@ -290,12 +277,15 @@ def refresh_callback(cfg: DictConfig, spec: GraphSpec) -> GraphRefresh | None:
     return GraphRefresh(every=spec.refresh_every, build=pt_graph_builder(cfg, spec))
 
 
-def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None) -> Graphs:
-    """Every graph ``spec`` asks for: ``S^m`` from the features, ``S^pt`` from ``backbone``
-    (``graph_source=self``: the raw features' first ``S^pt``, or none with ``graph_init=warmup``)."""
+def build_graphs(
+    cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None, known: Graphs | None = None
+) -> Graphs:
+    """Every graph ``spec`` asks for: ``S^m`` from the features (or from ``known``, the
+    backbone's graphs of this run), ``S^pt`` from ``backbone`` (``graph_source=self``: the raw
+    features' first ``S^pt``, or none with ``graph_init=warmup``)."""
     out = Graphs(spec=spec)
     if spec.knn_k is not None:
-        out.modality, keys = modality_graph_set(cfg, dm, spec)
+        out.modality, keys = modality_graph_set(cfg, dm, spec, known)
         out.artifacts.update(keys)
     if spec.source is not None:
         # k_pt=0 is refused by egra.pipeline.checks; a caller that skips the checks still gets
@@ -333,7 +323,7 @@ def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None
         )
         bb = backbone.manifest.get("metrics") or {}
         out.info.update({f"backbone/{k}": bb[k] for k in BACKBONE_KEYS if k in bb})
-        log.info("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
+        log.debug("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
     return out
 
 

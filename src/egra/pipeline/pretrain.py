@@ -29,7 +29,7 @@ from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
 from egra.pipeline.checks import check_config, check_data
 from egra.pipeline.evaluate import evaluate
 from egra.pipeline.fit import build_module, build_net, fit
-from egra.pipeline.graph import Graphs, GraphSpec, build_graphs, constructor_config, raw_feature_vectors
+from egra.pipeline.graph import Graphs, GraphSpec, build_graphs, raw_feature_vectors
 from egra.pipeline.history import resumable
 from egra.pipeline.load import load_data, setup_run
 from egra.pipeline.tables import metrics_table
@@ -53,7 +53,8 @@ def backbone_config(cfg: DictConfig, name: str) -> dict[str, Any]:
 def backbone_spec(cfg: DictConfig, name: str) -> GraphSpec | None:
     """The graphs a trained backbone's model needs (e.g. MGCN's ``S^m``), or None."""
     bcfg = backbone_config(cfg, name)
-    return GraphSpec.of(cfg.backbones[name].model) if bcfg["kind"] == "trained" else None
+    b = cfg.backbones[name]
+    return GraphSpec.of(b.get("graph"), b.model) if bcfg["kind"] == "trained" else None
 
 
 def _trainer_key(trainer: DictConfig) -> dict[str, Any]:
@@ -80,7 +81,7 @@ def _key(cfg: DictConfig, name: str, fingerprint: str, graphs: Graphs | None = N
         )
         parts["trainer"] = _trainer_key(cfg.trainer)
         parts["graphs"] = dict(graphs.artifacts) if graphs is not None else {}
-        # What the artifact holds: format 2 adds the weights (``state.<name>``) for model.init.
+        # What the artifact holds: format 2 adds the weights (``state.<name>``) for optim.init.
         parts["format"] = 2
     return artifact_key(**parts)
 
@@ -92,7 +93,12 @@ def _train_backbone(
     sub = copy.deepcopy(cfg)
     with open_dict(sub):
         sub.model = bcfg.model
-        sub.optim.lr_decay = list(bcfg.lr_decay) if bcfg.get("lr_decay") else None
+        # The run's search options with the backbone's own graphs.
+        own = OmegaConf.to_container(bcfg.graph) if bcfg.get("graph") is not None else {}
+        sub.graph = {**OmegaConf.to_container(cfg.graph), **own}
+        recipe = bcfg.get("optim") or {}
+        sub.optim.lr_decay = list(recipe.lr_decay) if recipe.get("lr_decay") else None
+        sub.optim.init = "scratch"
         sub.trainer.max_epochs = int(bcfg.max_epochs)
         sub.seed = int(bcfg.seed)
         sub.paths.output_dir = str(work_dir)
@@ -102,7 +108,7 @@ def _train_backbone(
         if not bcfg.get("early_stop", True):
             sub.callbacks.early_stopping = None
     setup_run(sub)
-    net = build_net(constructor_config(sub.model), dm, graphs.model_inputs())
+    net = build_net(sub.model, dm, graphs.model_inputs())
     module = build_module(sub, dm, net, graphs.names())
     fitted = fit(sub, dm, module, work_dir)
     if bcfg.get("weights", "best") == "last":
@@ -124,7 +130,7 @@ def _train_backbone(
     else:
         raise ValueError(f"backbone {name}: export view {view!r}: {type(net).__name__} exports only 'fused'")
     arrays = {"items": items.numpy().astype(np.float32), "users": users.numpy().astype(np.float32)}
-    # The best-valid weights, for a model that starts from its backbone (model.init=backbone).
+    # The best-valid weights, for a model that starts from its backbone (optim.init=backbone).
     arrays.update({f"{STATE_PREFIX}{k}": v.detach().numpy() for k, v in net.state_dict().items()})
     return arrays, {"metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
 
@@ -132,11 +138,11 @@ def _train_backbone(
 def backbone_state(art: Artifact | None) -> dict[str, np.ndarray]:
     """The trained backbone's best-valid weights held by its embedding artifact."""
     if art is None:
-        raise ValueError("model.init=backbone needs a pretrained backbone (model.graph_source)")
+        raise ValueError("optim.init=backbone needs a pretrained backbone (graph.graph_source)")
     names = [n for n in art.manifest.get("files", {}) if n.startswith(STATE_PREFIX)]
     if not names:
         raise ValueError(
-            f"backbone artifact {art.path} holds no weights: model.init=backbone needs a trained backbone"
+            f"backbone artifact {art.path} holds no weights: optim.init=backbone needs a trained backbone"
         )
     return {n[len(STATE_PREFIX) :]: art.array(n) for n in names}
 

@@ -40,16 +40,33 @@ def comparison_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[
     return "\n".join([head, sep, *body])
 
 
+def _short(key: str) -> str:
+    """``valid/Recall@20`` -> ``valid Recall@20``, ``test/popgroup0/Recall@20`` -> ``tail Recall@20``,
+    ``test/NDCG@10`` -> ``NDCG@10`` (the test table above it says "test")."""
+    if key.startswith("test/popgroup0/"):
+        return "tail " + key.rsplit("/", 1)[1]
+    if key.startswith("test/"):
+        return key[len("test/") :]
+    return key.replace("/", " ")
+
+
 def side_by_side(metrics: Mapping[str, float], keys: Sequence[str] | None = None) -> str:
-    """A run's metrics next to the ``backbone/``-prefixed ones of its pretrained backbone."""
+    """A run's metrics next to the ``backbone/``-prefixed ones of its pretrained backbone:
+    three lines, the metric names, the backbone's values and the run's relative change."""
     keys = keys or [k for k in metrics if f"backbone/{k}" in metrics]
-    width = max(len(k) for k in keys) + 2 if keys else 10
-    lines = [f"{'metric':<{width}}{'backbone':>10}{metrics.get('model', 'model'):>10}{'change':>9}"]
-    for k in keys:
+    model = str(metrics.get("model", "model"))
+    rows = [f"backbone {metrics.get('graph_source', '')}".strip(), f"{model} vs backbone"]
+    label = max(len(r) for r in rows) + 1
+    widths = [max(len(_short(k)), 7) + 2 for k in keys]
+    head = " " * label + "".join(f"{_short(k):>{w}}" for k, w in zip(keys, widths))
+    base = f"{rows[0]:<{label}}" + "".join(
+        f"{metrics[f'backbone/{k}']:>{w}.4f}" for k, w in zip(keys, widths)
+    )
+    cells = []
+    for k, w in zip(keys, widths):
         b, m = metrics[f"backbone/{k}"], metrics[k]
-        change = f"{(m - b) / b * 100:+.1f}%" if b else ""
-        lines.append(f"{k:<{width}}{b:>10.4f}{m:>10.4f}{change:>9}")
-    return "\n".join(lines)
+        cells.append(f"{(m - b) / b * 100:>+{w - 1}.1f}%" if b else f"{'':>{w}}")
+    return "\n".join([head, base, f"{rows[1]:<{label}}" + "".join(cells)])
 
 
 def self_graph_line(metrics: Mapping[str, Any]) -> str:
@@ -77,7 +94,6 @@ def report(cfg: DictConfig, metrics: Mapping[str, Any], out_dir: Path) -> Path:
     )
     print(metrics_table(metrics, "test", tuple(cfg.eval.ks)))
     if any(k.startswith("backbone/") for k in metrics):
-        print(f"\n{metrics['model']} next to its backbone ({metrics['graph_source']}, pretrained):")
         print(side_by_side(metrics))
     elif metrics.get("graph_source") == "self":
         print(f"\n{self_graph_line(metrics)}")

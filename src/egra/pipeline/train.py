@@ -34,12 +34,14 @@ from egra.pipeline.fingerprint import HASH_KEY, check_resume, config_hash, finis
 log = logging.getLogger(__name__)
 
 
-def pretrain_stage(cfg: DictConfig, dm, spec: graph.GraphSpec) -> tuple[Any, dict[str, Any]]:
-    """The embedding artifact ``S^pt`` is built from (None when the model needs none) and
-    what was done, for metrics.json."""
+def pretrain_stage(
+    cfg: DictConfig, dm, spec: graph.GraphSpec
+) -> tuple[Any, graph.Graphs | None, dict[str, Any]]:
+    """The embedding artifact ``S^pt`` is built from (None when the model needs none), the
+    graphs its backbone trained on and what was done, for metrics.json."""
     source = spec.pretrained_source
     if source is None:
-        return None, {}
+        return None, None, {}
     t0 = time.perf_counter()
     bspec = pretrain.backbone_spec(cfg, source)
     bgraphs = graph.build_graphs(cfg, dm, bspec) if bspec is not None else None
@@ -52,7 +54,7 @@ def pretrain_stage(cfg: DictConfig, dm, spec: graph.GraphSpec) -> tuple[Any, dic
         "pretrain_reused": emb.reused,
         "pretrain_s": round(time.perf_counter() - t0, 3),
     }
-    return emb, info
+    return emb, bgraphs, info
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -70,11 +72,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     load.setup_run(cfg)
     dm = load.load_data(cfg)
     check_data(cfg, dm)  # issue 13 hook: size- and feature-dependent settings, before pretraining
-    spec = graph.GraphSpec.of(cfg.model)
-    backbone, stage_info = pretrain_stage(cfg, dm, spec)
-    graphs = graph.build_graphs(cfg, dm, spec, backbone)
-    net = fit.build_net(graph.constructor_config(cfg.model), dm, graphs.model_inputs())
-    if cfg.model.get("init", "scratch") == "backbone":
+    spec = graph.GraphSpec.of(cfg.graph, cfg.model)
+    backbone, bgraphs, stage_info = pretrain_stage(cfg, dm, spec)
+    graphs = graph.build_graphs(cfg, dm, spec, backbone, known=bgraphs)
+    net = fit.build_net(cfg.model, dm, graphs.model_inputs())
+    if cfg.optim.get("init", "scratch") == "backbone":
         stage_info["init_tensors"] = len(fit.warm_start(net, pretrain.backbone_state(backbone), spec.source))
     module = fit.build_module(cfg, dm, net, graphs.names())
     refresh = graph.refresh_callback(cfg, spec)  # graph_source=self: S^pt rebuilt while training

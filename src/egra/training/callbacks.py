@@ -19,6 +19,10 @@ from egra.metrics.popularity import mostpop_metrics
 log = logging.getLogger(__name__)
 
 
+#: Shapes of the ramp from λ_min to λ_max.
+RAMPS = ("linear", "cosine", "step")
+
+
 def lambda_at(
     epoch: int, lambda_min: float, lambda_max: float, P: int, ramp: str = "linear", warmup: int = 0
 ) -> float:
@@ -44,30 +48,49 @@ def lambda_at(
     elif ramp == "step":
         shape = 1.0 if progress >= 1.0 else 0.0
     else:
-        raise ValueError(f"ramp must be 'linear', 'cosine' or 'step', got {ramp!r}")
+        raise ValueError(f"ramp must be one of {RAMPS}, got {ramp!r}")
     return float(lambda_min + (lambda_max - lambda_min) * shape)
 
 
 class AlignmentSchedule(L.Callback):
     """Sets ``net.align_weight = λ(current_epoch)`` at every epoch start and logs ``align/lambda``.
 
-    The value depends on the epoch alone, so a resumed run gets the same schedule. The
-    schedule's parameters are the model's (``lambda_min``, ``lambda_max``, ``P``, ``ramp``);
-    models without ``align_weight`` are left alone.
+    The schedule is this callback's (``callbacks.alignment_schedule`` in the config):
+    ``lambda_min`` at epoch ``lambda_warmup``, ``lambda_max`` from epoch ``lambda_warmup + P``
+    on, shaped by ``ramp`` (:func:`lambda_at`). The value depends on the epoch alone, so a
+    resumed run gets the same schedule. Models without ``align_weight`` are left alone.
     """
+
+    def __init__(
+        self,
+        lambda_min: float = 0.001,
+        lambda_max: float = 0.1,
+        P: int = 10,
+        ramp: str = "linear",
+        lambda_warmup: int = 0,
+    ):
+        self.lambda_min, self.lambda_max, self.P, self.ramp = (
+            float(lambda_min),
+            float(lambda_max),
+            int(P),
+            ramp,
+        )
+        self.lambda_warmup = int(lambda_warmup)
+
+    def value(self, epoch: int) -> float:
+        """``λ`` of training epoch ``epoch`` (0-based)."""
+        return lambda_at(epoch, self.lambda_min, self.lambda_max, self.P, self.ramp, self.lambda_warmup)
+
+    @property
+    def full_from(self) -> int:
+        """The first epoch at ``λ_max``."""
+        return self.lambda_warmup + max(0, self.P)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         net = getattr(pl_module, "net", None)
         if net is None or not hasattr(net, "align_weight"):
             return
-        lam = lambda_at(
-            trainer.current_epoch,
-            net.lambda_min,
-            net.lambda_max,
-            net.P,
-            net.ramp,
-            getattr(net, "lambda_warmup", 0),
-        )
+        lam = self.value(trainer.current_epoch)
         net.align_weight = lam
         pl_module.log("align/lambda", lam, on_step=False, on_epoch=True)
 
@@ -84,8 +107,8 @@ def contrastive_weight_name(net) -> str | None:
 class CollapseGuard(L.Callback):
     """Stops a run whose contrastive term has collapsed it, and says which weight to lower.
 
-    The signature, checked once the weight has reached its full value (EGRA: after
-    ``lambda_warmup + P`` epochs; MGCN: from the start) and the run has taken
+    The signature, checked once the weight has reached its full value (EGRA: from the
+    :class:`AlignmentSchedule`'s ``full_from`` epoch; MGCN: from the start) and the run has taken
     ``min_steps`` optimizer steps (a healthy run's BPR loss also starts at ``ln 2`` and
     its Recall@20 below MostPop's), only for models with a contrastive term: for
     ``patience`` validations in a row without a new best valid Recall@20, the BPR loss of
@@ -116,28 +139,27 @@ class CollapseGuard(L.Callback):
         self._best = float(state_dict.get("best", -math.inf))
 
     @staticmethod
-    def _weight(net) -> tuple[str, float, int] | None:
+    def _weight(trainer, net) -> tuple[str, float, int] | None:
         """(config key, its value, first epoch at full weight) or None without a contrastive term."""
         attr = contrastive_weight_name(net)
         if attr == "align_weight":
-            return (
-                "lambda_max",
-                float(net.lambda_max),
-                int(getattr(net, "lambda_warmup", 0)) + max(0, int(net.P)),
-            )
+            schedule = next((c for c in trainer.callbacks if isinstance(c, AlignmentSchedule)), None)
+            if schedule is None:  # a constant λ set by hand
+                return "align_weight", float(net.align_weight), 0
+            return "callbacks.alignment_schedule.lambda_max", schedule.lambda_max, schedule.full_from
         if attr == "cl_loss":
-            return "cl_loss", float(net.cl_loss), 0
+            return "model.cl_loss", float(net.cl_loss), 0
         return None
 
     def on_fit_start(self, trainer, pl_module) -> None:
         data = getattr(getattr(trainer, "datamodule", None), "data", None)
-        if not self.mostpop or data is None or self._weight(pl_module.net) is None:
+        if not self.mostpop or data is None or self._weight(trainer, pl_module.net) is None:
             return
         (tu, ti), (vu, vi) = data.pairs(TRAIN), data.pairs(VALID)
         self.mostpop_score = mostpop_metrics(tu, ti, vu, vi, data.n_items, ks=(20,))["Recall@20"]
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        weight = self._weight(pl_module.net)
+        weight = self._weight(trainer, pl_module.net)
         if trainer.sanity_checking or self.reason is not None or weight is None:
             return
         key, value, full_from = weight
@@ -157,12 +179,12 @@ class CollapseGuard(L.Callback):
         self._strikes = self._strikes + 1 if signs else 0
         if self._strikes < self.patience:
             return
-        hint = f"model.{key}={value / 10:g}"
-        if key == "lambda_max":
+        hint = f"{key}={value / 10:g}"
+        if key.endswith("lambda_max") and getattr(pl_module.net, "align_scale", "chance") != "chance":
             hint += " or model.align_scale=chance"
         self.reason = (
             f"collapsed at epoch {trainer.current_epoch}: {'; '.join(signs)} for {self.patience} "
-            f"validations; the contrastive weight model.{key}={value:g} dominates training: try {hint}"
+            f"validations; the contrastive weight {key}={value:g} dominates training: try {hint}"
         )
         log.warning("%s", self.reason)
         trainer.should_stop = True
