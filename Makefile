@@ -8,7 +8,9 @@ ARGS ?=
 GPUS ?=
 DATASET ?= baby
 SWEEP ?= lambda_grid
-EXPERIMENT ?= egra_small
+# make train: MODEL on the generated `small` data, or a recipe of conf/experiment/ (EXPERIMENT=).
+MODEL ?= egra
+EXPERIMENT ?=
 # The newest sweep of any task (by modification time, not by name).
 DIR ?= $(firstword $(shell ls -1dt logs/*/multiruns/*/ 2>/dev/null))
 
@@ -58,8 +60,8 @@ $(GPU_STAMP): requirements.txt requirements-core.txt requirements-gpu.txt requir
 
 setup: $(STAMP) ## Create .venv: the pinned CPU stack, or with GPU=1 a CUDA torch + matching FAISS (FAISS_GPU=auto|yes|no)
 
-train: $(STAMP) ## Pretrain MGCN -> S^pt -> EGRA on generated data (EXPERIMENT=, GPUS=N, ARGS="k=v ...")
-	$(BIN)/egra-train experiment=$(EXPERIMENT) $(TRAIN_DEVICES) $(ARGS)
+train: $(STAMP) ## Pretrain MGCN -> S^pt -> EGRA on generated data (MODEL= or EXPERIMENT=, GPUS=N, ARGS="k=v ...")
+	$(BIN)/egra-train $(if $(EXPERIMENT),experiment=$(EXPERIMENT),model=$(MODEL)) $(TRAIN_DEVICES) $(ARGS)
 
 test: $(STAMP) ## Run the test suite on tiny generated data
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -22,16 +22,18 @@ import numpy as np
 
 from runs import train_run
 
+# On the paper's settings (experiment=egra_paper: joint, β 1, raw λ scale), one change at a time.
+LAMBDA = "callbacks.alignment_schedule.lambda_"
 SETTINGS = {
-    "λ_max=0.01 (joint, raw)": ["model.lambda_max=0.01"],
-    "λ_max=0.1 (joint, raw)": ["model.lambda_max=0.1"],
-    "λ_max=0.1, align_scale=chance": ["model.lambda_max=0.1", "model.align_scale=chance"],
+    "λ_max=0.01 (joint, raw)": [f"{LAMBDA}max=0.01"],
+    "λ_max=0.1 (joint, raw)": [f"{LAMBDA}max=0.1"],
+    "λ_max=0.1, align_scale=chance": [f"{LAMBDA}max=0.1", "model.align_scale=chance"],
     "λ_max=0.01, pt_norm=separate β=0.5": [
-        "model.lambda_max=0.01",
+        f"{LAMBDA}max=0.01",
         "model.pt_norm=separate",
         "model.beta=0.5",
     ],
-    "λ=0 (BPR only, joint)": ["model.lambda_max=0", "model.lambda_min=0"],
+    "λ=0 (BPR only, joint)": [f"{LAMBDA}max=0", f"{LAMBDA}min=0"],
 }
 COLUMNS = [
     "align/lambda",
@@ -50,7 +52,7 @@ def run(out: Path, name: str, overrides: list[str], preset: str, seed: int, epoc
     d = out / re.sub(r"[^A-Za-z0-9.]+", "_", name.replace("λ", "lambda")).strip("_")
     return train_run(
         d,
-        "experiment=egra_small",
+        "experiment=egra_paper",
         f"data.preset={preset}",
         f"seed={seed}",
         f"data.seed={seed}",

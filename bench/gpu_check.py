@@ -114,7 +114,7 @@ def _epoch(model: str, work: Path, shared: Path, dry: bool) -> dict:
         "skip_if_done=false",
     ]
     if model == "egra":
-        overrides.append("model.graph_source=random")
+        overrides.append("graph.graph_source=random")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     with open_dict(cfg):

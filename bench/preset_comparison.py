@@ -1,10 +1,10 @@
 """EGRA with its shipped defaults against MGCN with its defaults, on a generated preset, over seeds.
 
 For each seed S (data seed = training seed = S) two runs, unless their metrics.json exists:
-    egra-train experiment=egra_small data.preset=<P> seed=S data.seed=S threads=1   -> <runs>/<egra>_<P>_sS
-    egra-train experiment=mgcn_small data.preset=<P> seed=S data.seed=S threads=1   -> <runs>/mgcn_<P>_sS
+    egra-train model=egra data.preset=<P> seed=S data.seed=S threads=1   -> <runs>/<egra>_<P>_sS
+    egra-train model=mgcn data.preset=<P> seed=S data.seed=S threads=1   -> <runs>/mgcn_<P>_sS
 EGRA's own backbone is MGCN with the same defaults and seed, so the standalone MGCN is the model
-EGRA has to beat. With --freedom, FREEDOM with its defaults too (experiment=freedom_small ->
+EGRA has to beat. With --freedom, FREEDOM with its defaults too (model=freedom ->
 <runs>/freedom_<P>_sS), tested against EGRA over seeds. Paired tests (egra.pipeline.compare.paired_tests): over seeds on the test
 metric, and per user on each test user's metric (users pooled over the seeds' datasets).
 Writes bench/results/defaults_<P>.{md,json}. This is defaults against defaults; `make compare`
@@ -31,11 +31,9 @@ from runs import train_run
 KEYS = ["test/Recall@20", "test/NDCG@20", "test/popgroup0/Recall@20", "valid/Recall@20"]
 
 
-def run(runs: Path, name: str, experiment: str, preset: str, seed: int) -> Path:
+def run(runs: Path, name: str, recipe: str, preset: str, seed: int) -> Path:
     d = runs / f"{name}_{preset}_s{seed}"
-    return train_run(
-        d, f"experiment={experiment}", f"data.preset={preset}", f"seed={seed}", f"data.seed={seed}"
-    )
+    return train_run(d, recipe, f"data.preset={preset}", f"seed={seed}", f"data.seed={seed}")
 
 
 def per_user(d: Path, seed: int, metric: str) -> dict[tuple[int, int], float]:
@@ -50,14 +48,12 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=Path("logs/preset_comparison"))
     ap.add_argument("--egra-name", default="egra", help="run-directory prefix of the EGRA runs")
     ap.add_argument("--run", action="store_true", help="train what is missing first")
-    ap.add_argument(
-        "--freedom", action="store_true", help="add FREEDOM (experiment=freedom_small) beside them"
-    )
+    ap.add_argument("--freedom", action="store_true", help="add FREEDOM (model=freedom) beside them")
     args = ap.parse_args()
     p = args.preset
-    models = [("EGRA", args.egra_name, "egra_small"), ("MGCN", "mgcn", "mgcn_small")]
+    models = [("EGRA", args.egra_name, "model=egra"), ("MGCN", "mgcn", "model=mgcn")]
     if args.freedom:
-        models.append(("FREEDOM", "freedom", "freedom_small"))
+        models.append(("FREEDOM", "freedom", "model=freedom"))
     dirs: dict[str, dict[int, Path]] = {label: {} for label, _, _ in models}
     for s in args.seeds:
         for label, name, exp in models:

@@ -1,10 +1,10 @@
-"""EGRA with a pretrained backbone against ``model.graph_source=self`` (no pretraining), over seeds.
+"""EGRA with a pretrained backbone against ``graph.graph_source=self`` (no pretraining), over seeds.
 
 For each seed S two runs, unless their metrics.json exists:
-    egra-train experiment=<E> [data.preset=<P>] seed=S [data.seed=S] threads=1               -> <runs>/pretrained_<P>_sS
-    egra-train experiment=<E> ... model.graph_source=self <--self-overrides>                  -> <runs>/self_<P>_sS
-where E is ``egra_<P>`` when that experiment exists (tiny, small, the real datasets) and
-``egra_small`` with ``data.preset=<P>`` otherwise (other generated presets); ``data.seed=S`` for
+    egra-train <E> [data...] seed=S [data.seed=S] threads=1                               -> <runs>/pretrained_<P>_sS
+    egra-train <E> ... graph.graph_source=self <--self-overrides>                         -> <runs>/self_<P>_sS
+where E is ``experiment=egra_<P>`` when that experiment exists (tiny) and ``model=egra`` with
+``data=<P>`` (the real datasets) or ``data.preset=<P>`` (generated presets); ``data.seed=S`` for
 generated data only. Both write their artifacts to ``<runs>/artifacts``, so (a) pretrains its
 backbone (MGCN by default) there once per seed.
 
@@ -46,13 +46,15 @@ VARIANTS = ("pretrained", "self")
 
 
 def experiment_for(preset: str) -> tuple[str, list[str], bool]:
-    """(experiment, extra overrides, whether the data is generated) for ``--preset``."""
-    exp = f"egra_{preset}"
-    extra: list[str] = []
-    if not (ROOT / "conf" / "experiment" / f"{exp}.yaml").exists():
-        exp, extra = "egra_small", [f"data.preset={preset}"]
+    """(EGRA's recipe, extra overrides, whether the data is generated) for ``--preset``:
+    ``experiment=egra_tiny``, a real dataset ``data=<P>``, else ``data.preset=<P>``."""
+    exp, extra = "model=egra", [f"data.preset={preset}"]
+    if (ROOT / "conf" / "experiment" / f"egra_{preset}.yaml").exists():
+        exp, extra = f"experiment=egra_{preset}", []
+    elif (ROOT / "conf" / "data" / f"{preset}.yaml").exists():
+        extra = [f"data={preset}"]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"experiment={exp}", *extra])
+        cfg = compose(config_name="train", overrides=[exp, *extra])
     return exp, extra, str(cfg.data.source) == "synthetic"
 
 
@@ -98,10 +100,10 @@ def main() -> None:
     p = args.preset
     exp, extra, synthetic = experiment_for(p)
     runs = args.runs.resolve()
-    common = [f"experiment={exp}", *extra, f"paths.artifact_dir={runs / 'artifacts'}", *args.overrides]
+    common = [exp, *extra, f"paths.artifact_dir={runs / 'artifacts'}", *args.overrides]
     variants = {
         "pretrained": ("pretrained", []),
-        "self": (args.self_name, ["model.graph_source=self", *args.self_overrides]),
+        "self": (args.self_name, ["graph.graph_source=self", *args.self_overrides]),
     }
     metrics: dict[str, dict[int, dict]] = {v: {} for v in VARIANTS}
     for s in args.seeds:
@@ -117,7 +119,7 @@ def main() -> None:
         "experiment": exp,
         "seeds": args.seeds,
         "overrides": args.overrides,
-        "self_overrides": ["model.graph_source=self", *args.self_overrides],
+        "self_overrides": ["graph.graph_source=self", *args.self_overrides],
         "git_revision": git_revision(),
         "variants": {},
         "tests": {},
@@ -155,8 +157,8 @@ def main() -> None:
         )
         lines += [f"**{result['note']}**", ""]
     lines += [
-        f"EGRA with a pretrained backbone (`experiment={exp}`, graph_source "
-        f"{metrics['pretrained'][args.seeds[0]].get('graph_source')}) vs `model.graph_source=self` "
+        f"EGRA with a pretrained backbone (`{exp}`, graph_source "
+        f"{metrics['pretrained'][args.seeds[0]].get('graph_source')}) vs `graph.graph_source=self` "
         f"(no pretraining) on `{p}`, seeds {seeds_txt}; test at the best-valid epoch.",
         f"Command: `python bench/self_graph.py --preset {p} --seeds {seeds_txt} --run"
         + (f" --overrides {' '.join(args.overrides)}" if args.overrides else "")

@@ -1,7 +1,9 @@
 """Issue-4 comparison on the generated `small` preset: LightGCN, MGCN, EGRA and its ablations.
 
 Runs (unless their metrics.json exists) and tabulates, for seeds S (data seed = training seed = S):
-    egra-train experiment=<name> seed=S data.seed=S threads=1 hydra.run.dir=<out>/<name>_sS
+    egra-train <recipe of name> seed=S data.seed=S threads=1 hydra.run.dir=<out>/<name>_sS
+(``egra_small`` = ``model=egra``, ``mgcn_small`` = ``model=mgcn``, ``lightgcn_small`` = ``model=lightgcn``, the
+others ``experiment=<name>``)
 MGCN appears twice: standalone (`mgcn_small`) and as EGRA's pretrained backbone (`backbone/...`
 keys in EGRA's metrics.json; same model and defaults, trained inside EGRA's pipeline). MostPop
 (training popularity, computed here) is a reference row. Writes <out>/comparison.json and
@@ -38,8 +40,13 @@ KEYS = [
 ]
 
 
+# The labels of the results table; the baselines are a model on the default (small) data.
+RECIPES = {"egra_small": "model=egra", "lightgcn_small": "model=lightgcn", "mgcn_small": "model=mgcn"}
+
+
 def run(out: Path, name: str, seed: int) -> None:
-    train_run(out / f"{name}_s{seed}", f"experiment={name}", f"seed={seed}", f"data.seed={seed}", check=False)
+    recipe = RECIPES.get(name, f"experiment={name}")
+    train_run(out / f"{name}_s{seed}", recipe, f"seed={seed}", f"data.seed={seed}", check=False)
 
 
 def collect(out: Path, seeds: list[int]) -> dict[str, list[dict]]:

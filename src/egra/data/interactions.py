@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from egra.data.errors import DataError  # noqa: F401 - the readers import it from here
+
 TRAIN, VALID, TEST = 0, 1, 2
 SPLIT_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
-
-
-class DataError(ValueError):
-    """Malformed input data; the message names the file, the place and what was expected."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,7 @@
 """Top-K cosine neighbours and sparse kNN item–item graphs, built with FAISS.
 
 Every item–item graph of the project goes through this module: MGCN's modality graphs
-``S^m`` (see ``mmrec-protocol.md`` f) and EGRA's pretrained graph ``S^pt`` (Stage 2).
+``S^m`` (in MMRec's convention) and EGRA's pretrained graph ``S^pt`` (Stage 2).
 No dense ``N x N`` similarity matrix is ever formed: the rows are L2-normalised chunk by
 chunk into a FAISS index and the index is queried in chunks, so the extra memory is the
 index itself (``N·d`` floats for the exact and IVF indexes, plus the graph links for
@@ -75,14 +75,15 @@ FREEDOM_MODALITY_GRAPH: Mapping[str, Any] = MappingProxyType(
 )
 EGRA_PRETRAINED_GRAPH: Mapping[str, Any] = MappingProxyType(
     # EGRA's S^pt: k other items (self excluded), binary, symmetrised max(S, Sᵀ), left
-    # unnormalised: it becomes the item-item block β·S^pt of A_e, which is normalised as
-    # a whole (norm(A_e)) later.
+    # unnormalised here: the model normalises it when it assembles A_e. By default
+    # (pt_norm=separate) on its own, β·norm(S^pt) beside the normalised user-item block;
+    # with pt_norm=joint as part of norm([[0, R], [Rᵀ, β·S^pt]]).
     {"include_self": False, "symmetric": True, "weighted": False, "normalization": "none"}
 )
 KNN_GRAPH_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {"mgcn": MGCN_MODALITY_GRAPH, "freedom": FREEDOM_MODALITY_GRAPH, "egra_pt": EGRA_PRETRAINED_GRAPH}
 )
-#: Presets of a modality graph ``S^m`` (self included, directed): what ``model.knn_convention`` names.
+#: Presets of a modality graph ``S^m`` (self included, directed): what ``graph.knn_convention`` names.
 MODALITY_PRESETS = ("mgcn", "freedom")
 
 

@@ -1,14 +1,14 @@
 """FREEDOM (Zhou & Shen, ACM MM 2023, arXiv 2211.06924) as MMRec runs it.
 
 "A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal
-Recommendation", written from ``freedom.md`` (the project's reading of the paper and of
-MMRec's ``FREEDOM``):
+Recommendation", written from the project's reading of the paper and of
+MMRec's ``FREEDOM``:
 
 * a **frozen item-item graph** ``S = w_v·S_v + (1 − w_v)·S_t`` (``w_v = mm_image_weight``),
   each ``S_m`` the binary top-``k`` cosine graph of the raw features (self included,
   directed) normalised ``D^{-1/2} A D^{-1/2}`` with row sums, so every edge weighs ``1/k``
   (FREEDOM's convention, ``egra.graphs.knn.FREEDOM_MODALITY_GRAPH``; built by the graph stage
-  with ``knn_convention: freedom``). With one modality ``S`` is that modality's graph;
+  with ``graph.knn_convention: freedom``). With one modality ``S`` is that modality's graph;
 * a **denoised user-item graph**, resampled at every epoch start: ``⌊(1 − dropout)·|E|⌋``
   train edges drawn without replacement with probability ``∝ 1/sqrt(d_u d_i)``, the kept
   bipartite graph normalised again. Evaluation (``eval()`` mode) uses the full graph;
@@ -91,7 +91,7 @@ class FREEDOM(MultimodalRecommender):
     """FREEDOM: frozen item-item graph + degree-sensitive denoised user-item graph.
 
     ``modality_graphs`` are the per-modality item graphs ``S_m`` in FREEDOM's convention
-    (the graph stage builds them with ``model.knn_convention=freedom``); the model mixes them
+    (the graph stage builds them with ``graph.knn_convention=freedom``); the model mixes them
     with ``mm_image_weight``. ``train_features`` (MMRec: true) makes the raw feature tables
     parameters ``feat_<m>``, else non-persistent buffers.
 

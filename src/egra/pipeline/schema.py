@@ -80,14 +80,18 @@ Names = Annotated[list[str], MinLen(1)]
 class Section(BaseModel):
     """A config group: strict types (no "5" for 5, no 1 for true), no unknown keys."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        strict=True, extra="forbid", populate_by_name=True, allow_inf_nan=False, defer_build=True
+    )
 
 
 class Targeted(Section):
     """A group instantiated from ``_target_``: other keys are the class's constructor
     arguments (checked against its signature by egra.pipeline.checks)."""
 
-    model_config = ConfigDict(strict=True, extra="allow", populate_by_name=True)
+    model_config = ConfigDict(
+        strict=True, extra="allow", populate_by_name=True, allow_inf_nan=False, defer_build=True
+    )
     target: str = Field(None, alias="_target_", description="an importable class path")
     partial: bool = Field(None, alias="_partial_")
 
@@ -302,7 +306,7 @@ class ModelCheckpoint(Targeted):
 class Callbacks(Section):
     """The project's callbacks; other entries are callbacks of the user's (any ``_target_``)."""
 
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False, defer_build=True)
     model_checkpoint: ModelCheckpoint | None = None
     last_checkpoint: ModelCheckpoint | None = None
     early_stopping: EarlyStopping | None = None
@@ -342,7 +346,7 @@ class Run(Section):
     """The whole config of egra-train / egra-pretrain (groups not listed are not read by the
     pipeline's code: paths, logger, hydra)."""
 
-    model_config = ConfigDict(strict=True, extra="allow")
+    model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False, defer_build=True)
     seed: int = None
     threads: PosInt | None = None
     ckpt_path: str | None = Field(None, description="null, 'last' or an existing checkpoint file")
