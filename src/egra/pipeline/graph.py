@@ -4,7 +4,7 @@
   convention (cosine-weighted; MGCN and EGRA) or FREEDOM's (binary edges, each ``1/k``),
   as ``model.knn_convention`` says (``egra.graphs.modality_graphs``);
 * ``S^pt``: top-``k_pt`` graph of a pretrained backbone's item vectors, self excluded,
-  binary or cosine-weighted, symmetrised or directed (``egra-method.md``), for EGRA's
+  binary or cosine-weighted, symmetrised or directed (docs/method.md), for EGRA's
   enhanced behavior graph. With ``graph_source=self`` no backbone is pretrained: ``S^pt``
   is rebuilt during training from EGRA's own item vectors every ``graph_refresh_every``
   epochs (:func:`refresh_callback`, the same builder as here), starting from the raw
