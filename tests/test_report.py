@@ -239,6 +239,7 @@ def test_failed_and_not_started_jobs(tmp_path, capsys):
     assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok"), ("2", "missing")]
     md = (root / "report.md").read_text()
     assert "## Failed / missing jobs" in md and "train.log" in md
+    assert "Made by: `egra-train -m model=bpr,lightgcn seed=1,2`" in md  # from multirun.yaml
     body = table_rows(md)
     assert body == [
         ["bpr", "0.2000 ± 0.1414", "0.0600 ± 0.0141", "2 ok", "2"],

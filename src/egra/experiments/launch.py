@@ -82,7 +82,11 @@ def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 
 def _in_process(
-    overrides: list[str], log_file: Path, multirun: bool, task_function: TaskFunction, conf_dir: str | Path | None
+    overrides: list[str],
+    log_file: Path,
+    multirun: bool,
+    task_function: TaskFunction,
+    conf_dir: str | Path | None,
 ) -> int:
     """Hydra's run or multirun in this process (inside an initialised Hydra, or one made here on
     ``conf_dir``); stdout, stderr and log records go to ``log_file``."""
@@ -94,7 +98,9 @@ def _in_process(
     if not GlobalHydra.instance().is_initialized():
         if conf_dir is None:
             raise ValueError("launch.train in this process: initialise Hydra or pass conf_dir")
-        ctx = initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3", job_name="train")
+        ctx = initialize_config_dir(
+            config_dir=str(Path(conf_dir).resolve()), version_base="1.3", job_name="train"
+        )
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     status = 0

@@ -8,11 +8,13 @@ rendering is printed instead.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from egra.experiments import render
 from egra.experiments.aggregate import config_columns, override_columns, summarize
@@ -119,12 +121,26 @@ def write_report(
     return Report(out_dir, frame, summary, table, md, failed, written, skipped)
 
 
+def sweep_command(root: Path) -> str | None:
+    """The ``egra-train -m ...`` command a multirun directory was made by (from its
+    ``multirun.yaml``), or None."""
+    path = root / "multirun.yaml"
+    if not path.is_file():
+        return None
+    hydra_conf = (yaml.safe_load(path.read_text()) or {}).get("hydra") or {}
+    task = (hydra_conf.get("overrides") or {}).get("task") or []
+    return "egra-train -m " + shlex.join(str(t) for t in task)
+
+
 def _markdown(frame, roots, table, failed, plots, skipped, out_dir) -> str:
     done = int((~frame["status"].isin([FAILED, MISSING])).sum())
     varying = set(config_columns(frame))
     fixed = [c for c in override_columns(frame) if c not in varying and c not in SEED_KEYS]
     seeds = [c for c in SEED_KEYS if frame[c].nunique(dropna=False) > 1]
     lines = ["# Sweep report", "", "Source: " + ", ".join(f"`{r}`" for r in roots), ""]
+    commands = [c for c in map(sweep_command, roots) if c]
+    if commands:
+        lines += [*[f"Made by: `{c}`" for c in commands], ""]
     lines.append(f"Jobs: {len(frame)} found, {done} with results, {len(frame) - done} failed/missing.")
     if fixed:
         lines += [
