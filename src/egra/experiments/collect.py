@@ -127,13 +127,14 @@ def read_job(path: str | Path, name: str | None = None) -> Job:
     return Job(path, name or path.name, overrides, config, metrics, status, error)
 
 
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(overrides: Sequence[str], ignored: tuple[str, ...] = IGNORED_PREFIXES) -> dict[str, Any]:
     """``{key: value}`` of an overrides list, by Hydra's parser (``+k=v`` gives ``k``, a deletion
-    ``~k`` gives ``"~"``); keys of IGNORED_PREFIXES are left out; a later key wins, as in Hydra."""
+    ``~k`` gives ``"~"``); keys starting with ``ignored`` are left out; a later key wins, as in
+    Hydra."""
     out: dict[str, Any] = {}
     for o in OverridesParser.create().parse_overrides(list(overrides)):
         key = o.key_or_group
-        if key.startswith(IGNORED_PREFIXES):
+        if ignored and key.startswith(ignored):
             continue
         out[key] = "~" if o.is_delete() else o.value()
     return out

@@ -50,7 +50,7 @@ from omegaconf import DictConfig, OmegaConf
 from egra.experiments import launch, render, stats
 from egra.experiments.aggregate import mean_std
 from egra.experiments.collect import FAILED, MISSING, collect, parse_overrides, read_job
-from egra.experiments.study import dataset_label, dataset_overrides, load_config, provenance, slug
+from egra.experiments.study import data_overrides, dataset_label, load_config, provenance, slug
 from egra.pipeline.checks import ConfigError
 from egra.pipeline.io import PER_USER_FILE, write_json
 
@@ -221,8 +221,7 @@ class Study:
         self.cfg, self.conf_dir, self.task_function, self.echo = cfg, Path(conf_dir), task_function, echo
         self.command = command
         extra = list(cfg.overrides)
-        has_data = any(o.split("=", 1)[0].lstrip("+") == "data" for o in extra)
-        self.data = [] if has_data else dataset_overrides(self.conf_dir, cfg.dataset)
+        self.data = data_overrides(self.conf_dir, cfg.dataset, extra)
         self.label = dataset_label(cfg.dataset, extra)
         self.out = Path(cfg.out or Path("logs") / "compare" / self.label).resolve()
         self.common = [*self.data, "logger=csv", "trainer.enable_progress_bar=false", *extra]

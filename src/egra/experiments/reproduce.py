@@ -42,7 +42,7 @@ from omegaconf.errors import OmegaConfBaseException
 from egra.experiments import launch, render
 from egra.experiments.aggregate import summarize
 from egra.experiments.collect import FAILED, MISSING, read_job
-from egra.experiments.study import dataset_label, dataset_overrides, load_config, slug
+from egra.experiments.study import data_overrides, dataset_label, load_config, slug
 from egra.pipeline.checks import ConfigError, check_config, check_data
 from egra.pipeline.fingerprint import HASH_KEY, config_hash
 from egra.pipeline.load import load_data
@@ -198,8 +198,7 @@ def common_overrides(budget: DictConfig, conf_dir: str | Path) -> list[str]:
     """Every job's overrides: the dataset, the budget's caps, then its overrides (the command
     line's ``--`` part is already appended to them)."""
     extra = list(budget.overrides)
-    has_data = any(o.split("=", 1)[0].lstrip("+") == "data" for o in extra)
-    out = [] if has_data else dataset_overrides(conf_dir, budget.dataset)
+    out = data_overrides(conf_dir, budget.dataset, extra)
     if budget.max_epochs is not None:
         out.append(f"trainer.max_epochs={int(budget.max_epochs)}")
     if budget.backbone_epochs is not None:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from egra.data.synthetic import PRESETS
+from egra.experiments.collect import parse_overrides
 from egra.pipeline.checks import ConfigError
 from egra.pipeline.io import git_dirty, git_revision
 
@@ -63,6 +64,14 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
+def data_overrides(conf_dir: str | Path, dataset: str, overrides: Sequence[str]) -> list[str]:
+    """The data overrides of a study's jobs: none when ``overrides`` choose the data themselves
+    (``data=...``), else those of ``dataset``."""
+    if "data" in parse_overrides(overrides):
+        return []
+    return dataset_overrides(conf_dir, dataset)
+
+
 def dataset_overrides(conf_dir: str | Path, dataset: str) -> list[str]:
     """A dataset name as ``egra-train`` overrides: a ``conf/data/<name>.yaml`` (``baby``, ...),
     a generated preset (``tiny``, ``small``, ``cobuy``; ``synthetic-<preset>`` for one that
@@ -85,7 +94,7 @@ def dataset_overrides(conf_dir: str | Path, dataset: str) -> list[str]:
 def dataset_label(dataset: str, overrides: Sequence[str]) -> str:
     """The results' name for the data: the folder of a ``data.root=DIR`` override, else the
     ``data=<name>`` (and ``data.preset=<p>``) of the overrides, else ``dataset``."""
-    values = {o.split("=", 1)[0].lstrip("+"): o.split("=", 1)[1].strip("'\"") for o in overrides if "=" in o}
+    values = {k: str(v) for k, v in parse_overrides(overrides, ignored=()).items()}
     if "data.root" in values:
         return Path(values["data.root"]).name
     if values.get("data") == "synthetic":
