@@ -241,3 +241,15 @@ def test_backbone_epochs_caps_every_trained_backbone():
     out = common_overrides(budget, CONF_DIR)
     caps = sorted(o for o in out if o.startswith("backbones."))
     assert caps == [f"backbones.{b}.max_epochs=3" for b in ("freedom", "lightgcn", "mgcn")]
+
+
+def test_dry_run_plans_and_names_missing_data(tmp_path, capsys):
+    """A real dataset the user has not placed yet: the dry run lists every job and says which
+    folder or file a real run would stop at; nothing runs."""
+    out = tmp_path / "rep"
+    args = ["budget=smoke", "dataset=baby", "dry_run=true", f"out={out}", "--", f"paths.root_dir={tmp_path}"]
+    assert reproduce_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "would run: overall / egra, seed 0" in printed
+    assert re.search(r"data: .*baby.*does not exist.*exit status 3", printed)
+    assert not (out / "runs").exists()

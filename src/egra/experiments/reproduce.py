@@ -39,6 +39,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from egra.data import DataError
 from egra.experiments import launch, render
 from egra.experiments.aggregate import summarize
 from egra.experiments.collect import FAILED, MISSING, read_job
@@ -489,6 +490,10 @@ def reproduce(
         if budget.dry_run:
             for r in todo:
                 echo(f"  would run: {r.setting.section} / {r.setting.label}, seed {r.seed} -> {r.job_dir}")
+            try:  # what a real run would stop at first: the data (files the user must provide)
+                _check_data(p, base)
+            except DataError as e:
+                echo(f"data: {' '.join(str(e).split())} (a real run would stop here, exit status 3)")
             return Outcome(p, 0, [])
         if todo:
             _check_data(p, base)
