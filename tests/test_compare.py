@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from omegaconf import OmegaConf
 from scipy import stats as sps
 
@@ -189,3 +190,26 @@ def test_compare_on_tiny_end_to_end_and_its_numbers(tmp_path, monkeypatch):
     assert [ln for ln in lines if "seeds" in ln or "trials" in ln or "defaults" in ln] == []
     assert again["tests"] == tests
     assert report_main([str(out)]) == 0
+
+
+def test_reuse_links_an_identical_evaluation_run_of_another_comparison(tmp_path):
+    """A defaults-only study reuses the tuned study's run of the same config (same overrides),
+    and trains what differs."""
+    other = tmp_path / "tuned"
+    planned = ["data=synthetic", "data.preset=tiny", "model=mgcn", "data.seed=${seed}"]
+    for s in (0, 1):
+        d = other / "eval" / "MGCN" / f"seed{s}"
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*planned, f"seed={s}"]))
+        (d / "metrics.json").write_text(json.dumps({"seed": s, "test/Recall@20": 0.1}))
+    cfg = load(CONF_DIR, ["dataset=tiny", "vary_data=true", f"reuse=[{other}]", f"out={tmp_path / 'mine'}"])
+    study = Study(cfg, CONF_DIR, echo=lambda _: None)
+    launched = []
+    study._train = lambda overrides, log, multirun: launched.append(overrides) or 0
+    study.evaluate("MGCN", planned[:3], {}, [0, 1, 2], "eval")
+    assert (tmp_path / "mine" / "eval" / "MGCN" / "seed0").resolve() == other / "eval" / "MGCN" / "seed0"
+    assert (tmp_path / "mine" / "eval" / "MGCN" / "seed1").is_symlink()
+    assert len(launched) == 1 and "seed=0,1,2" in launched[0]  # seed 2 was never run there
+    launched.clear()
+    study.evaluate("MGCN", [*planned[:3], "model.cl_loss=0.02"], {}, [0], "eval")  # another config
+    assert len(launched) == 1

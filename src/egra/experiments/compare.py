@@ -91,6 +91,9 @@ class CompareConfig:
     jobs: int = 1  # parallel jobs of each multirun (Hydra's joblib launcher when > 1)
     out: str | None = None
     publish: str | None = None  # also write <publish>.json / .md (e.g. bench/results/compare_small)
+    # Other comparisons' directories: an evaluation run of theirs launched with exactly this
+    # study's overrides (the same config) is linked instead of trained again.
+    reuse: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)  # given to every egra-train job
 
 
@@ -313,6 +316,16 @@ class Study:
         data = "data.seed=${seed}" if self.cfg.vary_data else f"data.seed={self.cfg.data_seed}"
         planned = [*own, *as_overrides(params), data]
         todo = [s for s in seeds if not _up_to_date(sweep / f"seed{s}", [*planned, f"seed={s}"])]
+        for s in list(todo):
+            twin = self._twin([*planned, f"seed={s}"], s)
+            if twin is not None:
+                self.echo(f"  {label}: seed {s} reuses {twin}")
+                (sweep / f"seed{s}").parent.mkdir(parents=True, exist_ok=True)
+                if (sweep / f"seed{s}").is_symlink():
+                    (sweep / f"seed{s}").unlink()
+                if not (sweep / f"seed{s}").exists():
+                    (sweep / f"seed{s}").symlink_to(twin, target_is_directory=True)
+                    todo.remove(s)
         if todo:
             self.echo(f"  {label}: evaluation seeds {', '.join(map(str, todo))}")
             self._train(
@@ -327,6 +340,14 @@ class Study:
                 multirun=True,
             )
         return sweep
+
+    def _twin(self, planned: list[str], seed: int) -> Path | None:
+        """A finished evaluation run of a ``reuse`` directory launched with ``planned``."""
+        for other in self.cfg.reuse:
+            for d in sorted(Path(other).resolve().glob(f"eval/*/seed{seed}")):
+                if not d.is_symlink() and _up_to_date(d, planned):
+                    return d
+        return None
 
     def second_trainings(self, label: str, own: list[str], params: dict[str, Any]) -> None:
         """compute_match=second_seed: each evaluation seed's second training (seed + 1000,
