@@ -53,7 +53,7 @@ def _short(key: str) -> str:
 def side_by_side(metrics: Mapping[str, float], keys: Sequence[str] | None = None) -> str:
     """A run's metrics next to the ``backbone/``-prefixed ones of its pretrained backbone:
     three lines, the metric names, the backbone's values and the run's relative change."""
-    keys = keys or [k for k in metrics if f"backbone/{k}" in metrics]
+    keys = keys or [k for k in metrics if "/" in k and f"backbone/{k}" in metrics]
     model = str(metrics.get("model", "model"))
     rows = [f"backbone {metrics.get('graph_source', '')}".strip(), f"{model} vs backbone"]
     label = max(len(r) for r in rows) + 1
