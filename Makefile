@@ -63,7 +63,7 @@ $(GPU_STAMP): requirements.txt requirements-core.txt requirements-gpu.txt requir
 setup: $(STAMP) ## Create .venv: the pinned CPU stack, or with GPU=1 a CUDA torch + matching FAISS (FAISS_GPU=auto|yes|no)
 
 train: $(STAMP) ## Pretrain MGCN -> S^pt -> EGRA on generated data (MODEL= or EXPERIMENT=, GPUS=N, ARGS="k=v ...")
-	$(BIN)/egra-train $(if $(EXPERIMENT),experiment=$(EXPERIMENT),model=$(MODEL)) $(TRAIN_DEVICES) $(ARGS)
+	$(BIN)/egra-train $(if $(EXPERIMENT),experiment=$(EXPERIMENT),$(if $(filter model=%,$(ARGS)),,model=$(MODEL))) $(TRAIN_DEVICES) $(ARGS)
 
 test: $(STAMP) ## Run the test suite on tiny generated data
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -46,8 +46,8 @@ def measure(overrides: list[str], root: Path, n: int) -> dict:
         "-m",
         "egra.train",
         *tiny,
+        "threads=1",  # before the setting's own overrides, which win (threads=0 is one)
         *overrides,
-        "threads=1",
         f"paths.root_dir={root}",
         f"hydra.run.dir={root / 'runs' / str(n)}",
     ]

@@ -112,6 +112,9 @@ def test_schema_choices_are_the_codes_own():
     assert schema.RAMPS == RAMPS and schema.PRECISIONS == SUPPORTED_PRECISIONS
     for name in ("WEIGHTING_MODES", "ALIGN_SCALES", "ALIGN_VIEWS", "ALIGN_ANCHORS", "MODALITY_INPUTS"):
         assert getattr(schema, name) == getattr(egra_model, name), name
+    # every key of a model's graphs feeds one constructor input
+    fed = [k for keys in schema.GRAPH_INPUTS.values() for k in keys]
+    assert sorted(fed) == sorted(schema.ModelGraphs.model_fields)
 
 
 def test_signatures_read_from_source_match_the_imported_classes():

@@ -51,18 +51,6 @@ DATA_ARGUMENTS = (
 )
 # Hydra's instantiate keys: not constructor arguments.
 HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
-# Which ``graph`` keys feed which constructor input: a model without the input ignores them.
-GRAPH_INPUTS = {
-    "modality_graphs": ("knn_k", "knn_convention"),
-    "item_graph": (
-        "graph_source",
-        "k_pt",
-        "pt_symmetric",
-        "pt_weighted",
-        "graph_refresh_every",
-        "graph_init",
-    ),
-}
 # Config groups read into the schema (the others, paths/logger/hydra, are not the pipeline's).
 CHECKED_GROUPS = (
     "seed",
@@ -346,7 +334,7 @@ def check_model(
             if line not in errors:
                 errors.append(line)
     graphs = dict(gcfg or {})
-    for needed, keys in GRAPH_INPUTS.items():
+    for needed, keys in schema.GRAPH_INPUTS.items():
         first = keys[0]
         if (
             needed in sig.params

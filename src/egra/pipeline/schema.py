@@ -165,6 +165,22 @@ class ModelGraphs(Section):
         return self
 
 
+#: Which keys of :class:`ModelGraphs` feed which constructor input: a model whose constructor
+#: takes ``modality_graphs`` needs ``knn_k``, one that takes ``item_graph`` needs ``graph_source``
+#: (the first key), and a model without the input takes none of them.
+GRAPH_INPUTS = {
+    "modality_graphs": ("knn_k", "knn_convention"),
+    "item_graph": (
+        "graph_source",
+        "k_pt",
+        "pt_symmetric",
+        "pt_weighted",
+        "graph_refresh_every",
+        "graph_init",
+    ),
+}
+
+
 class Graph(ModelGraphs):
     """The graph stage: the model's graphs and how neighbours are searched."""
 
