@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import lightning as L
 import pandas as pd
 import pytest
 
@@ -149,10 +150,17 @@ def test_report_marks_collapsed_and_failed_runs(tmp_path):
     assert rows["status"].tolist().count("failed") == 2 and "skipped" in set(rows["status"])
 
 
+class Boom(L.Callback):
+    """Fails a run once it started (a bad setting would be refused before: exit 2)."""
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("planted failure")
+
+
 @pytest.mark.slow
 def test_failed_run_is_reported_and_exits_4(tmp_path, monkeypatch, capsys):
-    """A run that fails (here: a callback that cannot be built) is listed with its error, keeps
-    its row in the tables, and the command exits 4; the report is written anyway."""
+    """A run that fails (here: a callback that raises when the fit starts) is listed with its
+    error, keeps its row in the tables, and the command exits 4; the report is written anyway."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine" / "budget").mkdir(parents=True)
     (tmp_path / "mine" / "budget" / "one.yaml").write_text(
@@ -161,19 +169,16 @@ def test_failed_run_is_reported_and_exits_4(tmp_path, monkeypatch, capsys):
         "overall: {models: [bpr]}\n"
     )
     out = tmp_path / "rep"
-    boom = "+callbacks.boom._target_=builtins.nonexistent"
+    boom = f"+callbacks.boom._target_={__name__}.Boom"
     # A budget of one's own: a folder on Hydra's search path holding budget/<name>.yaml.
     args = [f"hydra.searchpath=[file://{tmp_path / 'mine'}]", "budget=one", f"out={out}"]
     assert reproduce_main([*args, "--", f"paths.root_dir={tmp_path}", boom]) == 4
     assert "1 failed" in capsys.readouterr().out
     text = (out / "report.md").read_text()
-    assert (
-        "- failed: overall / bpr, seed 0 (`runs/overall/bpr/seed0`): hydra.errors.InstantiationException"
-        in text
-    )
+    assert "- failed: overall / bpr, seed 0 (`runs/overall/bpr/seed0`): RuntimeError: planted failure" in text
     assert re.search(r"\| BPRMF \|[ |]* 1 failed \| 0 \|", text)
     rows = pd.read_csv(out / "results.csv")
-    assert rows["status"].tolist() == ["failed"] and "nonexistent" in rows["error"][0]
+    assert rows["status"].tolist() == ["failed"] and "planted failure" in rows["error"][0]
 
 
 def _metrics_mtimes(out: Path) -> dict[Path, float]:

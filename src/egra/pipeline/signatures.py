@@ -283,6 +283,14 @@ def class_names(module: str) -> list[str]:
     return sorted(set(names))
 
 
+def _installed(top: str) -> bool:
+    """Whether a top-level module exists at all (with or without Python source)."""
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _lazy(module: str) -> bool:
     """Whether ``module`` makes names at run time (a module-level ``__getattr__``)."""
     path = module_file(module)
@@ -301,7 +309,7 @@ def signature(target: str) -> Signature:
     try:
         return _from_source(module, name)
     except NotFound:
-        if module_file(module) is None and module_file(module.split(".")[0]) is None:
+        if module_file(module) is None and not _installed(module.split(".")[0]):
             raise  # not even the package is installed
         if module_file(module) is not None and not _lazy(module):
             raise
