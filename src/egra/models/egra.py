@@ -110,6 +110,10 @@ def weighted_nce_counts(
 class EGRA(MGCN):
     """EGRA on top of MGCN's modality encoders and fuser (see module docstring).
 
+    A subclass rather than a wrapper around an MGCN: it is MGCN's network with another
+    behavior graph, input gate and loss, and sharing MGCN's parameter names is what lets a run
+    start from a trained MGCN backbone by name (``optim.init=backbone``).
+
     ``item_graph`` is ``S^pt`` (``[I, I]`` sparse, unnormalised) or None for EGRA without
     the enhanced graph; ``modality_graphs`` are the raw-feature graphs ``S^m`` (as MGCN's).
     Both are built by the pipeline's graph stage; checkpoints name them by content.
