@@ -236,11 +236,13 @@ def _listing(root: Path, limit: int = 12) -> str:
 def _read_header(path: Path) -> list[str]:
     try:
         with open(path, "rb") as fh:
-            first = fh.readline()
+            head = fh.read(1 << 16)
     except OSError as e:
         raise DataError(f"{path}: cannot read file: {_one_line(e)}") from e
+    # Up to the first line end, whichever convention (\n, \r\n or an old Mac's \r).
+    first = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not first.strip():
-        what = "file is empty" if not first else "line 1 (header) is blank"
+        what = "file is empty" if not head else "line 1 (header) is blank"
         raise DataError(f"{path}: {what}; expected a tab-separated header with {', '.join(REQUIRED_COLUMNS)}")
     try:
         text = first.decode("utf-8-sig")
@@ -248,7 +250,7 @@ def _read_header(path: Path) -> list[str]:
         raise DataError(
             f"{path} line 1: header is not valid UTF-8 ({_one_line(e)}){_encoding_hint(first)}"
         ) from e
-    cols = [c.strip() for c in text.rstrip("\r\n").split("\t")]
+    cols = [c.strip() for c in text.split("\t")]
     while len(cols) > 1 and cols[-1] == "":
         cols.pop()  # trailing tabs: empty fields at the end of a row are ignored
     found = ", ".join(repr(c) for c in cols)
