@@ -14,7 +14,6 @@ import shutil
 import stat
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -34,14 +33,18 @@ def _leftovers(ckpt_dir: Path) -> list[str]:
 
 
 class DiskFull:
-    """The checkpoint directory's filesystem, full from training epoch ``epoch`` on, with the
-    system's temporary directory on another filesystem (a rename from there is a copy).
+    """The checkpoint directory's filesystem, full once the checkpoints of training epoch
+    ``from_epoch`` are written, with the system's temporary directory on another filesystem
+    (a rename from there is a copy).
 
-    Every write of checkpoint bytes into the directory -- ``torch.save`` into an open file,
-    or the copy a cross-filesystem move falls back to -- stops half-way with ENOSPC.
+    Every write of checkpoint bytes into the directory from then on -- ``torch.save`` into an
+    open file, or the copy a cross-filesystem move falls back to -- stops half-way with ENOSPC.
+    The epoch is read from the checkpoint itself: checkpoints may be written in a thread
+    (``AsyncCheckpointIO``), after training has moved on.
     """
 
     full = False
+    from_epoch = 2
     ckpt_dir: Path | None = None
 
     @classmethod
@@ -55,13 +58,12 @@ class DiskFull:
         except (AttributeError, OSError, io.UnsupportedOperation):
             return False
 
-
-class FillDiskAt(L.Callback):
-    def __init__(self, epoch: int):
-        self.epoch = int(epoch)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        DiskFull.full = DiskFull.full or trainer.current_epoch >= self.epoch
+    @classmethod
+    def fills(cls, checkpoint) -> bool:
+        cls.full = cls.full or (
+            isinstance(checkpoint, dict) and checkpoint.get("epoch", -1) >= cls.from_epoch
+        )
+        return cls.full
 
 
 def _no_space(f, payload: bytes) -> None:
@@ -75,7 +77,7 @@ def disk_full(monkeypatch):
     real_save, real_rename, real_copyfile = torch.save, os.rename, shutil.copyfile
 
     def save(obj, f, *args, **kwargs):
-        if DiskFull.full and DiskFull.file_inside(f):
+        if DiskFull.file_inside(f) and DiskFull.fills(obj):
             buf = io.BytesIO()
             real_save(obj, buf, *args, **kwargs)
             _no_space(f, buf.getvalue())
@@ -87,7 +89,7 @@ def disk_full(monkeypatch):
         return real_rename(src, dst, *args, **kwargs)
 
     def copyfile(src, dst, *args, **kwargs):
-        if DiskFull.full and DiskFull.inside(dst):
+        if DiskFull.inside(dst) and DiskFull.fills(torch.load(src, map_location="cpu", weights_only=True)):
             with open(dst, "wb") as f:
                 _no_space(f, Path(src).read_bytes())
         return real_copyfile(src, dst, *args, **kwargs)
@@ -100,14 +102,12 @@ def disk_full(monkeypatch):
 
 
 def test_disk_full_during_a_checkpoint_leaves_the_previous_one_and_the_run_resumes(cfg_factory, disk_full):
-    """The disk fills at epoch 2: the run fails with ENOSPC, ``last.ckpt`` is still epoch 1's,
-    whole, no partial file is left, and the resumed run (disk freed) ends where an
-    uninterrupted one does."""
+    """The disk fills with epoch 2's checkpoints: the run fails with ENOSPC, ``last.ckpt`` is
+    still epoch 1's, whole, no partial file is left, and the resumed run (disk freed) ends
+    where an uninterrupted one does."""
     full = run(cfg_factory(BASE, sub="full"))
 
-    cfg = cfg_factory(
-        [*BASE, f"+callbacks.fill._target_={__name__}.FillDiskAt", "+callbacks.fill.epoch=2"], sub="x"
-    )
+    cfg = cfg_factory(BASE, sub="x")
     ckpt_dir = Path(cfg.paths.output_dir).resolve() / "checkpoints"
     disk_full.ckpt_dir = ckpt_dir
     with pytest.raises(OSError) as info:
@@ -117,7 +117,7 @@ def test_disk_full_during_a_checkpoint_leaves_the_previous_one_and_the_run_resum
     assert torch.load(ckpt_dir / "last.ckpt", map_location="cpu", weights_only=True)["epoch"] == 1
     assert _leftovers(ckpt_dir) == []
 
-    disk_full.full = False  # space freed
+    disk_full.full, disk_full.ckpt_dir = False, None  # space freed
     resumed = run(cfg_factory([*BASE, "ckpt_path=last"], sub="x"))
     for key in COMPARED:
         assert resumed[key] == full[key], key
