@@ -89,6 +89,9 @@ class CompareConfig:
     level: float = 0.95
     compute_match: str = "none"  # none | second_seed
     jobs: int = 1  # parallel jobs of each multirun (Hydra's joblib launcher when > 1)
+    # false: launch nothing, analyse the runs that exist (after a crash, or with newer analysis
+    # code than the runs were made with); what is missing is reported as missing.
+    launch: bool = True
     out: str | None = None
     publish: str | None = None  # also write <publish>.json / .md (e.g. bench/results/compare_small)
     # Other comparisons' directories: an evaluation run of theirs launched with exactly this
@@ -228,8 +231,12 @@ class Study:
         self.label = dataset_label(cfg.dataset, extra)
         self.out = Path(cfg.out or Path("logs") / "compare" / self.label).resolve()
         self.common = [*self.data, "logger=csv", "trainer.enable_progress_bar=false", *extra]
+        self.skipped = 0  # launches left out with launch=false
 
     def _train(self, overrides: list[str], log_name: str, multirun: bool) -> int:
+        if not self.cfg.launch:
+            self.skipped += 1
+            return 0
         return launch.train(
             overrides,
             self.out / "logs" / f"{log_name}.log",
@@ -395,6 +402,15 @@ class Study:
         frame = collect(self.out / "eval")
         result = analyse(cfg, frame, self.out, selection, owns)
         result["provenance"] = provenance(self.command)
+        # The code the runs were trained with (an analysis may be newer: launch=false).
+        result["provenance"]["run_revisions"] = sorted(
+            {str(r) for r in frame.get("git_revision", pd.Series(dtype=object)).dropna()}
+        )
+        if self.skipped:
+            self.echo(
+                f"launch=false: {self.skipped} launches left out (runs missing or made with other "
+                "overrides); the runs that exist were analysed as they are"
+            )
         write_json(self.out / COMPARE_JSON, result)
         (self.out / COMPARE_MD).write_text(markdown(result))
         if cfg.publish:
@@ -650,6 +666,9 @@ def markdown(result: dict[str, Any]) -> str:
             + ", ".join(f"{k} {x}" for k, x in v.items() if x)
             + "."
         )
+        runs_at = [r[:10] for r in prov.get("run_revisions", [])]
+        if runs_at and runs_at != [str(prov.get("git_revision"))[:10]]:
+            lines.append(f"- The evaluation runs were trained at commit {', '.join(runs_at)}.")
     lines += ["", f"## Primary endpoint: {p['endpoint']}", ""]
     lines += _endpoint_section(result, p["endpoint"])
     if p["secondary"]:
