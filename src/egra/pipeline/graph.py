@@ -19,8 +19,8 @@ is the model's. How the neighbours are searched (FAISS method, device, chunking)
 
 Each graph is an artifact ``graphs/<key>/`` (CSR arrays + manifest) whose key hashes what
 determines its content: the dataset fingerprint or the embedding artifact, the graph's
-parameters and the search method (not the device). Models get the matrices; checkpoints
-get their names (:meth:`Graphs.names`).
+parameters and the search method (for an approximate index also whether a GPU builds it).
+Models get the matrices; checkpoints get their names (:meth:`Graphs.names`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from omegaconf import DictConfig, OmegaConf
 
 from egra.graphs import graph_digest, knn_graph, modality_graphs, rank_device
+from egra.graphs.knn import resolve_device
 from egra.pipeline import dist
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
 from egra.training.callbacks import GraphRefresh
@@ -173,11 +174,16 @@ def search_options(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _search_key(opts: Mapping[str, Any]) -> dict[str, Any]:
-    """The search options that change a graph (device and chunking do not)."""
+    """The search options that change a graph: chunking never does; the device only for an
+    approximate index (a GPU trains its k-means and scans its lists with other rounding than
+    the CPU, so a GPU-built IVF graph is its own artifact; which GPU does not matter)."""
     if opts["method"] in EXACT_METHODS:
         return {"search": "exact"}
     drop = ("device", "chunk_size")
-    return {"search": {k: v for k, v in opts.items() if k not in drop}}
+    search = {k: v for k, v in opts.items() if k not in drop}
+    if resolve_device(opts["device"], opts["method"]) != "cpu":
+        search["device"] = "gpu"  # CPU keys stay as they were before the device counted
+    return {"search": search}
 
 
 def _csr_arrays(g: sp.csr_matrix) -> dict[str, np.ndarray]:
