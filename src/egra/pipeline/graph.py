@@ -296,9 +296,16 @@ def refresh_callback(cfg: DictConfig, spec: GraphSpec) -> GraphRefresh | None:
     return GraphRefresh(every=spec.refresh_every, build=pt_graph_builder(cfg, spec))
 
 
-def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None) -> Graphs:
+def build_graphs(
+    cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None, *, pretrained: bool = True
+) -> Graphs:
     """Every graph ``spec`` asks for: ``S^m`` from the features, ``S^pt`` from ``backbone``
-    (``graph_source=self``: the raw features' first ``S^pt``, or none with ``graph_init=warmup``)."""
+    (``graph_source=self``: the raw features' first ``S^pt``, or none with ``graph_init=warmup``).
+
+    ``pretrained=False`` builds only the graphs of the data, leaving the backbone's ``S^pt`` to
+    :func:`add_pretrained` once the backbone exists: the train pipeline builds those before
+    the backbone's fit, so under DDP no rank waits at a barrier while another runs FAISS.
+    """
     out = Graphs(spec=spec)
     if spec.knn_k is not None:
         out.modality, keys = modality_graph_set(cfg, dm, spec)
@@ -322,24 +329,33 @@ def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None
                     "graph_nnz": int(len(art.array("indices"))),
                 }
             )
-    if spec.pretrained_source is not None:
-        if backbone is None:
-            raise ValueError(f"S^pt from {spec.pretrained_source!r} needs its pretrained embedding artifact")
-        t0 = time.perf_counter()
-        out.pretrained, art = pretrained_graph(cfg, spec, backbone)
-        out.artifacts["S^pt"] = art.path.name
-        out.info.update(
-            {
-                "graph_artifact": str(art.path),
-                "graph_reused": art.reused,
-                "graph_s": round(time.perf_counter() - t0, 3),
-                # from the array, not the manifest's metadata
-                "graph_nnz": int(len(art.array("indices"))),
-            }
-        )
-        bb = backbone.manifest.get("metrics") or {}
-        out.info.update({f"backbone/{k}": bb[k] for k in BACKBONE_KEYS if k in bb})
-        log.info("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
+    if pretrained:
+        add_pretrained(out, cfg, backbone)
+    return out
+
+
+def add_pretrained(out: Graphs, cfg: DictConfig, backbone: Artifact | None) -> Graphs:
+    """Add ``S^pt`` from the backbone's embedding artifact to ``out`` (when its spec wants one)."""
+    spec = out.spec
+    if spec.pretrained_source is None:
+        return out
+    if backbone is None:
+        raise ValueError(f"S^pt from {spec.pretrained_source!r} needs its pretrained embedding artifact")
+    t0 = time.perf_counter()
+    out.pretrained, art = pretrained_graph(cfg, spec, backbone)
+    out.artifacts["S^pt"] = art.path.name
+    out.info.update(
+        {
+            "graph_artifact": str(art.path),
+            "graph_reused": art.reused,
+            "graph_s": round(time.perf_counter() - t0, 3),
+            # from the array, not the manifest's metadata
+            "graph_nnz": int(len(art.array("indices"))),
+        }
+    )
+    bb = backbone.manifest.get("metrics") or {}
+    out.info.update({f"backbone/{k}": bb[k] for k in BACKBONE_KEYS if k in bb})
+    log.info("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
     return out
 
 

@@ -158,12 +158,9 @@ class RecommenderModule(L.LightningModule):
         self.lr_decay = (float(lr_decay[0]), float(lr_decay[1]))
         self.ks = tuple(int(k) for k in ks)
         self.group_ks = tuple(int(k) for k in group_ks)
-        if item_groups is not None:
-            self.register_buffer(
-                "item_groups", torch.as_tensor(item_groups, dtype=torch.long), persistent=False
-            )
-        else:
-            self.item_groups = None
+        # Popularity group of every item: the same on every rank by construction, so a plain
+        # attribute moved in _apply, not a buffer (DDP broadcasts buffers before every step).
+        self.item_groups = None if item_groups is None else torch.as_tensor(item_groups, dtype=torch.long)
         self.best_epoch = -1
         self.best_score = float("-inf")
         self._emb: tuple[Tensor, Tensor] | None = None
@@ -176,6 +173,11 @@ class RecommenderModule(L.LightningModule):
         #: Set by a callback that changes the model's item graph during training (GraphRefresh):
         #: checkpoints then carry the model's current ``S^pt``, and loading one restores it.
         self.item_graph_in_checkpoint = False
+
+    def _apply(self, fn, recurse=True):
+        if self.item_groups is not None:
+            self.item_groups = fn(self.item_groups)
+        return super()._apply(fn, recurse)
 
     # -- training --------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -204,8 +206,8 @@ class RecommenderModule(L.LightningModule):
                 return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
         out = self.net.loss(users, pos, neg)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}")
+        # No check of the loss here: reading it on the host would wait for the GPU every step.
+        # A non-finite loss makes the epoch's summed losses non-finite (on_train_epoch_end).
         # "term" -> train/loss_term; a key with a "/" ("align/weight_mean") is logged as is.
         # Epoch means weighted by batch size, as log(on_epoch=True, batch_size=B) gives, but
         # summed here and logged once per epoch: Lightning's per-step log() costs more than
@@ -229,6 +231,12 @@ class RecommenderModule(L.LightningModule):
             # Row-weighted means over all ranks. Every rank has the same keys: each one
             # saw at least one non-empty share (the first step's global batch >= world).
             packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        if not bool(torch.isfinite(packed).all()):
+            # Once per epoch, after the reduce: every rank stops together.
+            bad = [k for k, v in zip(keys, packed[:-1]) if not torch.isfinite(v)]
+            raise FloatingPointError(
+                f"non-finite training loss ({', '.join(bad)}) in epoch {self.current_epoch}"
+            )
         if packed[-1] > 0:
             means = {k: (v / packed[-1]).to(torch.float32) for k, v in zip(keys, packed[:-1])}
             self.log_dict(means, on_step=False, on_epoch=True)
