@@ -117,9 +117,9 @@ def test_docs_table_is_what_the_script_chooses():
     rows = [r for r in table.splitlines()[2:]]
     assert len(rows) == len(gpu_stack.TABLE_ROWS)
     hopper_old, hopper_new = rows[2], rows[3]
-    assert "R525-R579" in hopper_old and "`cu12-faiss-gpu`: torch cu128, faiss-gpu" in hopper_old
-    assert "`cu12-faiss-cpu`: torch cu128, faiss-cpu" in hopper_old
-    assert "R580+" in hopper_new and "`cu13-faiss-cpu`: torch PyPI's (CUDA 13.0), faiss-cpu" in hopper_new
+    assert "R525-R579" in hopper_old and "`cu12-faiss-gpu` (torch: PyTorch cu128; faiss-gpu)" in hopper_old
+    assert "`cu12-faiss-cpu` (torch: PyTorch cu128; faiss-cpu)" in hopper_old
+    assert "R580+" in hopper_new and "`cu13-faiss-cpu` (torch: PyPI (CUDA 13.0); faiss-cpu)" in hopper_new
     docs = (ROOT / "docs" / "multi-gpu.md").read_text()
     assert table in docs, "docs/multi-gpu.md's GPU table differs from `python tools/gpu_stack.py table`"
 
