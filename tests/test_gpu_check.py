@@ -65,9 +65,12 @@ def test_no_cuda_device_means_nothing_run_and_nothing_written(tmp_path, capsys):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here")
     out = tmp_path / "gpu.json"
+    default = gpu_check.DEFAULT_OUT
+    before = default.stat().st_mtime_ns if default.exists() else None
     assert gpu_check.main(["--out", str(out)]) == 1
+    assert gpu_check.main([]) == 1  # the default path (bench/results/gpu.json) is not touched either
     assert "no CUDA device visible to torch" in capsys.readouterr().err
-    assert not out.exists() and not (ROOT / "bench" / "results" / "gpu.json").exists()
+    assert not out.exists() and (default.stat().st_mtime_ns if default.exists() else None) == before
 
 
 def test_results_are_written_after_every_section(tmp_path, monkeypatch):
