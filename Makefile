@@ -31,6 +31,9 @@ RECORDED_STACK := $(shell head -n1 $(STACK_RECORD) 2>/dev/null)
 ifeq ($(strip $(GPU)),)
   ifneq ($(filter cu%,$(RECORDED_STACK)),)
     GPU := 1
+  else ifeq ($(RECORDED_STACK)$(wildcard $(VENV)/.egra-installed-gpu),$(VENV)/.egra-installed-gpu)
+    # a venv set up for a GPU before the record existed
+    GPU := 1
   endif
 endif
 # FAISS_GPU=auto|yes|no and TORCH_INDEX=<PyTorch index URL>: default the venv's earlier choice,

@@ -272,6 +272,14 @@ def test_gpu_setup_downloads_first_and_survives_a_later_make_test(tmp_path):
     assert "pip" not in _make(venv, None, "-n", "train").stdout  # nor does `make train`
 
 
+def test_a_gpu_venv_from_before_the_record_also_stays(tmp_path):
+    venv = _stub_venv(tmp_path, {"torch": "2.13.0+cu128", "faiss-gpu-cu12": "1.14.1.post1"}, None)
+    (venv / ".egra-installed-gpu").touch()  # what the GPU setup left before it wrote a record
+    proc = _make(venv, None, "test", "ARGS=-x")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _calls(_log(venv)) == ["-m pytest -q -x"] and _state(venv)["faiss-gpu-cu12"]
+
+
 def test_a_failed_download_changes_nothing(tmp_path):
     venv = _stub_venv(tmp_path, {"torch": "2.13.0+cpu", "faiss-cpu": "1.15.1"}, record="cpu")
     proc = _make(venv, _fake_smi(tmp_path, "h200_r580"), "setup", "GPU=1", STUB_FAIL_DOWNLOAD="1")

@@ -241,7 +241,9 @@ TABLE_ROWS = (
 
 
 def _cell(stack: Stack) -> str:
-    torch = "PyPI (CUDA 13.0)" if stack.torch_index is None else "PyTorch " + stack.torch_index.rsplit("/", 1)[-1]
+    torch = (
+        "PyPI (CUDA 13.0)" if stack.torch_index is None else "PyTorch " + stack.torch_index.rsplit("/", 1)[-1]
+    )
     return f"`{stack.name}` (torch: {torch}; {stack.faiss_dist})"
 
 
