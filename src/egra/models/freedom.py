@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite
-from egra.models.base import Recommender
+from egra.models.base import Constant, Recommender
 from egra.models.lightgcn import propagate_mean
 from egra.models.losses import bpr_loss
 from egra.models.mgcn import _as_float_tensor
@@ -93,7 +93,7 @@ class FREEDOM(Recommender):
     ``modality_graphs`` are the per-modality item graphs ``S_m`` in FREEDOM's convention
     (the graph stage builds them with ``model.knn_convention=freedom``); the model mixes them
     with ``mm_image_weight``. ``train_features`` (MMRec: true) makes the raw feature tables
-    parameters ``feat_<m>``, else non-persistent buffers.
+    parameters ``feat_<m>``, else constants (:class:`~egra.models.base.Constant`).
 
     The training graph: the full normalised graph until :meth:`on_train_epoch_start` (called by
     the LightningModule at every epoch start with a generator seeded by ``(seed, epoch)``)
@@ -178,7 +178,7 @@ class FREEDOM(Recommender):
             if train_features:
                 self.register_parameter(f"feat_{m}", nn.Parameter(x))
             else:
-                self.register_buffer(f"feat_{m}", x, persistent=False)
+                self.add_module(f"feat_{m}", Constant(x))
             self.proj[m] = nn.Linear(x.shape[1], d)
         self.item_graph = SparseOp(mix_item_graphs(graphs, mm_image_weight))
 
@@ -221,7 +221,8 @@ class FREEDOM(Recommender):
     # ------------------------------------------------------------- forward
     def feature(self, m: str) -> Tensor:
         """Raw feature table ``X_m`` (``[I, d_m]``; a parameter when trainable)."""
-        return getattr(self, f"feat_{m}")
+        table = getattr(self, f"feat_{m}")
+        return table.value if isinstance(table, Constant) else table
 
     def projected(self, m: str, items: Tensor | None = None) -> Tensor:
         """``F_m = X_m W_mᵀ + b_m`` — ``[I, d]``, or its rows ``items`` (projected alone)."""

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from egra.graphs import SparseOp, interaction_matrix, normalized_bipartite, sparse, user_item_block
 from egra.graphs.dense import mm as dense_mm
-from egra.models.base import Recommender
+from egra.models.base import Constant, Recommender
 from egra.models.lightgcn import propagate_mean
 from egra.models.losses import bpr_loss, info_nce_counts, l2_squared
 
@@ -123,7 +123,7 @@ class MGCN(Recommender):
     ``modalities`` defaults to the sorted keys of ``features``; one modality works (the
     fuser then has a single attention weight of 1 and ``S = H_c / 2``).
     With ``train_features=True`` (MMRec's behaviour) the raw feature tables are
-    parameters ``feat_<m>``; otherwise they are non-persistent buffers.
+    parameters ``feat_<m>``; otherwise constants (:class:`~egra.models.base.Constant`).
     ``modality_graphs`` are the fixed, normalised item-item kNN graphs ``S_m`` of the raw
     features, one per modality (``egra.graphs.modality_graphs``; the pipeline's graph
     stage builds and caches them). The model never searches neighbours itself.
@@ -203,7 +203,7 @@ class MGCN(Recommender):
             if train_features:
                 self.register_parameter(f"feat_{m}", nn.Parameter(x))
             else:
-                self.register_buffer(f"feat_{m}", x, persistent=False)
+                self.add_module(f"feat_{m}", Constant(x))
             self.proj[m] = nn.Linear(x.shape[1], d)
             self.purifier[m] = nn.Linear(d, d)
             self.prefer[m] = nn.Linear(d, d)
@@ -213,7 +213,8 @@ class MGCN(Recommender):
     # ----------------------------------------------------------------- pieces
     def feature(self, m: str) -> Tensor:
         """Raw feature table ``X_m`` (``[I, d_m]``; a parameter when trainable)."""
-        return getattr(self, f"feat_{m}")
+        table = getattr(self, f"feat_{m}")
+        return table.value if isinstance(table, Constant) else table
 
     def content_view(self, rows: Tensor | None = None) -> Tensor:
         """``C = mean_{l=0..L} Â^l [E_U; E_I]`` — ``[U + I, d]``, or its ``rows`` (node ids)."""

@@ -7,7 +7,8 @@
   backbone's embedding artifact (its own graphs ``S^m`` come from the graph stage first);
 * **graph** (``egra.pipeline.graph``): every graph the model needs (``S^m``, ``S^pt``),
   as cached artifacts, handed to the model's constructor (``graph_source=self``: also the
-  callback that rebuilds ``S^pt`` from the model's own vectors during the fit);
+  callback that rebuilds ``S^pt`` from the model's own vectors during the fit). The graphs
+  of the data are built before the backbone's fit, ``S^pt`` from its vectors after it;
 * **fit** (``egra.pipeline.fit``): Lightning fit with early stopping and checkpoints;
 * **evaluate** (``egra.pipeline.evaluate``): valid and test on the best checkpoint;
 * **report** (``egra.pipeline.tables.report``): ``metrics.json`` and the tables, on rank 0.
@@ -71,8 +72,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm = load.load_data(cfg)
     check_data(cfg, dm)  # issue 13 hook: size- and feature-dependent settings, before pretraining
     spec = graph.GraphSpec.of(cfg.model)
+    # The graphs of the data before the backbone's fit, S^pt (from the backbone) after it: under
+    # DDP no FAISS build on rank 0 then holds the other ranks at a barrier between two fits.
+    graphs = graph.build_graphs(cfg, dm, spec, pretrained=False)
     backbone, stage_info = pretrain_stage(cfg, dm, spec)
-    graphs = graph.build_graphs(cfg, dm, spec, backbone)
+    graph.add_pretrained(graphs, cfg, backbone)
     net = fit.build_net(graph.constructor_config(cfg.model), dm, graphs.model_inputs())
     if cfg.model.get("init", "scratch") == "backbone":
         stage_info["init_tensors"] = len(fit.warm_start(net, pretrain.backbone_state(backbone), spec.source))

@@ -159,12 +159,9 @@ class RecommenderModule(L.LightningModule):
         self.lr_decay = (float(lr_decay[0]), float(lr_decay[1]))
         self.ks = tuple(int(k) for k in ks)
         self.group_ks = tuple(int(k) for k in group_ks)
-        if item_groups is not None:
-            self.register_buffer(
-                "item_groups", torch.as_tensor(item_groups, dtype=torch.long), persistent=False
-            )
-        else:
-            self.item_groups = None
+        # Popularity group of every item: the same on every rank by construction, so a plain
+        # attribute moved in _apply, not a buffer (DDP broadcasts buffers before every step).
+        self.item_groups = None if item_groups is None else torch.as_tensor(item_groups, dtype=torch.long)
         self.best_epoch = -1
         self.best_score = float("-inf")
         self._emb: tuple[Tensor, Tensor] | None = None
@@ -182,6 +179,11 @@ class RecommenderModule(L.LightningModule):
         #: Set by a callback that changes the model's item graph during training (GraphRefresh):
         #: checkpoints then carry the model's current ``S^pt``, and loading one restores it.
         self.item_graph_in_checkpoint = False
+
+    def _apply(self, fn, recurse=True):
+        if self.item_groups is not None:
+            self.item_groups = fn(self.item_groups)
+        return super()._apply(fn, recurse)
 
     # -- training --------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
