@@ -208,10 +208,9 @@ def _models(models: list[str], work: Path, shared: Path, smoke: bool, extra: lis
 
 def _cli(args: list[str], run_dir: Path, work: Path, smoke: bool) -> dict:
     """``egra-train`` in a subprocess (the command users run), in this section's process group."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "egra.train",
+    from egra.experiments import launch
+
+    overrides = [
         "logger=none",
         "trainer.enable_progress_bar=false",
         f"paths.root_dir={work}",
@@ -220,8 +219,11 @@ def _cli(args: list[str], run_dir: Path, work: Path, smoke: bool) -> dict:
         *args,
     ]
     t = time.perf_counter()
-    print("[section] " + " ".join(cmd[1:]), flush=True)
-    status = subprocess.run(cmd, cwd=str(ROOT)).returncode  # its output goes to the section's log
+    log = run_dir.parent / f"{run_dir.name}.log"
+    print(f"[section] egra-train {' '.join(overrides)} (log: {log})", flush=True)
+    # The study layer's launcher, kept in this section's process group: a section killed at its
+    # time limit takes its egra-train with it.
+    status = launch.train(overrides, log, own_group=False)
     if status != 0:
         raise RuntimeError(f"egra-train {' '.join(args)}: exit {status}")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -526,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     from egra.pipeline.io import git_dirty, git_revision
 
     shared = args.work or Path(tempfile.mkdtemp(prefix="egra-gpu-check-"))
+    shared.mkdir(parents=True, exist_ok=True)
     scale = SMOKE_SLOWER if args.smoke else 1
     result: dict = {
         "command": "bench/gpu_check.sh " + " ".join(sys.argv[1:] if argv is None else argv),
