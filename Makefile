@@ -25,9 +25,26 @@ ifneq ($(strip $(GPUS)),)
     GPU ?= 1
   endif
 endif
-GPU ?=
-FAISS_GPU ?= auto
-TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+# The venv remembers its stack (first line of $(STACK_RECORD)): without GPU= a GPU stack stays,
+# so a later plain `make test` or `make train` neither reinstalls nor swaps it. GPU=0 goes back
+# to the CPU stack.
+STACK_RECORD := $(VENV)/.egra-stack
+RECORDED_STACK := $(shell head -n1 $(STACK_RECORD) 2>/dev/null)
+ifeq ($(strip $(GPU)),)
+  ifneq ($(filter cu%,$(RECORDED_STACK)),)
+    GPU := 1
+  else ifeq ($(RECORDED_STACK)$(wildcard $(VENV)/.egra-installed-gpu),$(VENV)/.egra-installed-gpu)
+    # a venv set up for a GPU before the record existed
+    GPU := 1
+  endif
+endif
+# FAISS_GPU=auto|yes|no and TORCH_INDEX=<PyTorch index URL>: default the venv's earlier choice,
+# else auto / by compute capability; given here, they re-run the GPU install.
+FAISS_GPU ?=
+TORCH_INDEX ?=
+NVIDIA_SMI ?= nvidia-smi
+STACK_OPTS = --python $(BIN)/python --record $(STACK_RECORD)
+GPU_OPTS = --nvidia-smi $(NVIDIA_SMI) $(if $(FAISS_GPU),--faiss-gpu $(FAISS_GPU)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 CPU_STAMP := $(VENV)/.egra-installed
 GPU_STAMP := $(VENV)/.egra-installed-gpu
 ifeq ($(strip $(GPU)),1)
@@ -35,32 +52,32 @@ ifeq ($(strip $(GPU)),1)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint format data bench clean report sweep compare reproduce results
+.PHONY: FORCE help setup train test lint format data bench clean report sweep compare reproduce results
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
 
+# tools/gpu_stack.py installs (and records) a stack: whatever replaces an installed torch or FAISS
+# package is downloaded before anything is removed, so a failed download changes nothing.
 $(CPU_STAMP): requirements.txt requirements-core.txt requirements-dev.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@# torch is pinned in the same pip command as lightning, or pip pulls a CUDA build.
 	$(BIN)/python -m pip install -q --upgrade pip
-	@# faiss-gpu and faiss-cpu both provide the module `faiss`: never both.
-	-@$(BIN)/python -m pip uninstall -q -y faiss-gpu-cu12 2>/dev/null
-	$(BIN)/python -m pip install -q -r requirements.txt -r requirements-dev.txt
-	$(BIN)/python -m pip install -q --no-deps -e .
+	$(PYTHON) tools/gpu_stack.py install --cpu $(STACK_OPTS)
 	@rm -f $(GPU_STAMP)
 	@touch $(CPU_STAMP)
 
 # Checks the GPUs and driver first: on a machine without one it stops here, before a venv exists.
-$(GPU_STAMP): requirements.txt requirements-core.txt requirements-gpu.txt requirements-dev.txt pyproject.toml tools/gpu_stack.py
-	@$(PYTHON) tools/gpu_stack.py check --faiss-gpu $(FAISS_GPU)
+$(GPU_STAMP): requirements.txt requirements-core.txt requirements-gpu.txt requirements-dev.txt pyproject.toml tools/gpu_stack.py $(if $(FAISS_GPU)$(TORCH_INDEX),FORCE)
+	@$(PYTHON) tools/gpu_stack.py check --record $(STACK_RECORD) $(GPU_OPTS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(PYTHON) tools/gpu_stack.py install --python $(BIN)/python --faiss-gpu $(FAISS_GPU) --torch-index $(TORCH_INDEX)
+	$(PYTHON) tools/gpu_stack.py install $(STACK_OPTS) $(GPU_OPTS)
 	@rm -f $(CPU_STAMP)
 	@touch $(GPU_STAMP)
 
-setup: $(STAMP) ## Create .venv: the pinned CPU stack, or with GPU=1 a CUDA torch + matching FAISS (FAISS_GPU=auto|yes|no)
+FORCE:
+
+setup: $(STAMP) ## Create .venv: the CPU stack, or with GPU=1 a CUDA torch + matching FAISS (FAISS_GPU=auto|yes|no; GPU=0 back to CPU)
 
 train: $(STAMP) ## Pretrain MGCN -> S^pt -> EGRA on generated data (MODEL= or EXPERIMENT=, GPUS=N, ARGS="k=v ...")
 	$(BIN)/egra-train $(if $(EXPERIMENT),experiment=$(EXPERIMENT),$(if $(filter model=%,$(ARGS)),,model=$(MODEL))) $(TRAIN_DEVICES) $(ARGS)

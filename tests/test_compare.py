@@ -189,6 +189,11 @@ def test_compare_on_tiny_end_to_end_and_its_numbers(tmp_path, monkeypatch):
     ).run()
     assert [ln for ln in lines if "seeds" in ln or "trials" in ln or "defaults" in ln] == []
     assert again["tests"] == tests
+    # launch=false analyses what exists and launches nothing (newer analysis code, old runs).
+    cfg = load(CONF_DIR, [*study_args, "launch=false"], train_args)
+    assert Study(cfg, CONF_DIR, train_main.__wrapped__, lines.append).run()["tests"] == tests
+    revision = json.loads((out / "eval" / "EGRA" / "seed0" / "metrics.json").read_text())["git_revision"]
+    assert again["provenance"]["run_revisions"] == ([revision] if revision else [])
     assert report_main([str(out)]) == 0
 
 

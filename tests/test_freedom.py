@@ -235,10 +235,11 @@ def test_every_parameter_gets_a_gradient(data, masked):
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
-def test_frozen_features_are_buffers(data):
+def test_frozen_features_are_constants_outside_parameters_and_buffers(data):
     model = make(data, train_features=False)
     assert not any(n.startswith("feat_") for n, _ in model.named_parameters())
     assert not any(k.startswith("feat_") for k in model.state_dict())
+    assert list(model.buffers()) == []  # nothing for DDP to broadcast each step
     model.loss(*batch())["loss"].backward()
     assert model.proj["text"].weight.grad.abs().sum() > 0
 

@@ -142,15 +142,19 @@ def test_every_parameter_gets_a_gradient(data):
         assert p.grad.abs().sum() > 0, name
 
 
-def test_frozen_features_are_buffers(data):
+def test_frozen_features_are_constants_outside_parameters_and_buffers(data):
     model = make(data, train_features=False)
     names = {n for n, _ in model.named_parameters()}
     assert not any(n.startswith("feat_") for n in names)
     assert not model.feature("image").requires_grad
-    assert "feat_image" in dict(model.named_buffers())
+    # Not buffers either: DDP would broadcast them from rank 0 before every step.
+    assert list(model.buffers()) == []
     assert not any(k.startswith("feat_") for k in model.state_dict())
+    np.testing.assert_array_equal(model.feature("image").numpy(), data["features"]["image"])
     model.loss(*batch())["loss"].backward()  # still trains the rest
     assert model.proj["image"].weight.grad.abs().sum() > 0
+    model.double()  # they move and cast with the model
+    assert model.feature("image").dtype == torch.float64 and model.feature("text").dtype == torch.float64
 
 
 def test_graph_buffers_not_in_checkpoint(data):

@@ -91,3 +91,34 @@ def test_unknown_config_key_is_named(tmp_path):
 
     with pytest.raises(ConfigCompositionException, match="no_such_key"):
         make_cfg(tmp_path, ["model.no_such_key=1"])
+
+
+def test_graphs_of_the_data_are_built_before_the_backbones_fit(cfg_factory, monkeypatch):
+    """EGRA on a LightGCN backbone (which needs no S^m of its own): EGRA's S^m is built before
+    the backbone's fit, so after that fit only S^pt (the backbone's vectors) is searched. Under
+    DDP, a FAISS build between two fits holds every other rank at a barrier."""
+    import lightning as L
+
+    from egra.graphs import knn
+
+    events: list[str] = []
+    real_search, real_fit = knn._search, L.Trainer.fit
+
+    def search(x, k, *, exclude_self, **kw):
+        events.append("S^pt" if exclude_self else "S^m")  # S^m includes the item itself
+        return real_search(x, k, exclude_self=exclude_self, **kw)
+
+    def fit(self, *args, **kwargs):
+        events.append("fit")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(knn, "_search", search)
+    monkeypatch.setattr(L.Trainer, "fit", fit)
+    cfg = cfg_factory(
+        ["model=egra", "graph.graph_source=lightgcn", "graph.k_pt=3", "backbones.lightgcn.max_epochs=1"]
+        + ["trainer.max_epochs=1"]
+    )
+    run(cfg)
+    first_fit = events.index("fit")
+    assert events.count("fit") == 2 and "S^m" in events[:first_fit]
+    assert events[first_fit + 1 :] == ["S^pt", "fit"]

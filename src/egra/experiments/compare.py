@@ -89,6 +89,9 @@ class CompareConfig:
     level: float = 0.95
     compute_match: str = "none"  # none | second_seed
     jobs: int = 1  # parallel jobs of each multirun (Hydra's joblib launcher when > 1)
+    # false: launch nothing, analyse the runs that exist (after a crash, or with newer analysis
+    # code than the runs were made with); what is missing is reported as missing.
+    launch: bool = True
     out: str | None = None
     publish: str | None = None  # also write <publish>.json / .md (e.g. bench/results/compare_small)
     # Other comparisons' directories: an evaluation run of theirs launched with exactly this
@@ -228,8 +231,12 @@ class Study:
         self.label = dataset_label(cfg.dataset, extra)
         self.out = Path(cfg.out or Path("logs") / "compare" / self.label).resolve()
         self.common = [*self.data, "logger=csv", "trainer.enable_progress_bar=false", *extra]
+        self.skipped = 0  # launches left out with launch=false
 
     def _train(self, overrides: list[str], log_name: str, multirun: bool) -> int:
+        if not self.cfg.launch:
+            self.skipped += 1
+            return 0
         return launch.train(
             overrides,
             self.out / "logs" / f"{log_name}.log",
@@ -395,6 +402,15 @@ class Study:
         frame = collect(self.out / "eval")
         result = analyse(cfg, frame, self.out, selection, owns)
         result["provenance"] = provenance(self.command)
+        # The code the runs were trained with (an analysis may be newer: launch=false).
+        result["provenance"]["run_revisions"] = sorted(
+            {str(r) for r in frame.get("git_revision", pd.Series(dtype=object)).dropna()}
+        )
+        if self.skipped:
+            self.echo(
+                f"launch=false: {self.skipped} launches left out (runs missing or made with other "
+                "overrides); the runs that exist were analysed as they are"
+            )
         write_json(self.out / COMPARE_JSON, result)
         (self.out / COMPARE_MD).write_text(markdown(result))
         if cfg.publish:
@@ -579,6 +595,7 @@ def analyse(
                     "overrides",
                 )
             },
+            "models": list(cfg.models),  # the order of the tables (JSON objects keep none)
             "test": "two-sided paired t-test over evaluation seeds",
             "correction": "Holm over every p-value of the table",
             "bootstrap": {
@@ -615,12 +632,14 @@ def _params_text(params: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """``compare.md``: protocol header, primary endpoint, secondary endpoints, selection, compute."""
     p = result["protocol"]
-    models = result["models"]
+    models = _ordered(result)
     seeds = p["eval_seeds"]
     prov = result.get("provenance", {})
     data = "data seed = evaluation seed" if p["vary_data"] else f"data seed {p['data_seed']} for every run"
     lines = [
         f"# Comparison on `{result['label']}`",
+        "",
+        *headline(result),
         "",
         "## Protocol",
         "",
@@ -647,6 +666,9 @@ def markdown(result: dict[str, Any]) -> str:
             + ", ".join(f"{k} {x}" for k, x in v.items() if x)
             + "."
         )
+        runs_at = [r[:10] for r in prov.get("run_revisions", [])]
+        if runs_at and runs_at != [str(prov.get("git_revision"))[:10]]:
+            lines.append(f"- The evaluation runs were trained at commit {', '.join(runs_at)}.")
     lines += ["", f"## Primary endpoint: {p['endpoint']}", ""]
     lines += _endpoint_section(result, p["endpoint"])
     if p["secondary"]:
@@ -715,8 +737,47 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ordered(result: dict[str, Any]) -> dict[str, Any]:
+    """The models of a result in the study's order."""
+    models = result["models"]
+    return {m: models[m] for m in result["protocol"].get("models", list(models))}
+
+
+def headline(result: dict[str, Any]) -> list[str]:
+    """``## Headline``: the primary endpoint of every model, and the reference's difference to
+    each with its interval and Holm-adjusted p (what a summary quotes)."""
+    p, models = result["protocol"], _ordered(result)
+    ref, metric = p["reference"], p["endpoint"]
+    tests = {t["comparison"].split(" vs ", 1)[1]: t for t in result["tests"] if t["endpoint"] == metric}
+    base = models[ref]["summary"][metric]["mean"]
+    rows = []
+    for label, r in models.items():
+        s = r["summary"][metric]
+        t = tests.get(label)
+        b = (t or {}).get("bootstrap")
+        rows.append(
+            [
+                label,
+                render.fmt_mean_std(s["mean"], s["std"]),
+                render.fmt_percent(s["mean"] / base - 1) if t else "reference",
+                f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]" if b else "—",
+                render.fmt_p(t["p_holm"]) if t else "—",
+            ]
+        )
+    return [
+        "## Headline",
+        "",
+        f"{metric} (primary endpoint), mean ± std over evaluation seeds "
+        f"{', '.join(map(str, p['eval_seeds']))}; each model against {ref}: its difference to {ref} "
+        f"relative to {ref}, the {100 * p['bootstrap']['level']:g}% interval of {ref} − model "
+        "(users within seeds) and the Holm-adjusted p of the paired t-test over seeds.",
+        "",
+        render.table(["model", metric, f"vs {ref}", f"CI of {ref} − model", "p (Holm)"], rows),
+    ]
+
+
 def _endpoint_section(result: dict[str, Any], metric: str) -> list[str]:
-    models, p = result["models"], result["protocol"]
+    models, p = _ordered(result), result["protocol"]
     seeds = p["eval_seeds"]
     best = max(
         (

@@ -37,12 +37,15 @@ def train(
     conf_dir: str | Path | None = None,
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    own_group: bool = True,
 ) -> int:
     """Run ``egra-train <overrides>`` (``-m`` with ``multirun``); returns its exit status.
 
     A multirun in which a job failed returns 4 (the other jobs ran, the failed ones left
     ``error.txt``); a subprocess killed at ``timeout`` seconds returns 124. In this process
     (``task_function``), Hydra must be initialised already or ``conf_dir`` name the conf/ tree.
+    ``own_group=False`` keeps the subprocess in the caller's process group, for a caller that
+    is itself a group killed as a whole (bench/gpu_check's sections).
     """
     log_file = Path(log_file)
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -51,16 +54,16 @@ def train(
     cmd = [sys.executable, "-m", "egra.train", *(["-m"] if multirun else []), *overrides]
     with open(log_file, "a") as fh:
         proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=_env(env)
+            cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=own_group, env=_env(env)
         )
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc)
+            kill_group(proc) if own_group else proc.kill()
             fh.write(f"\nkilled after {timeout:.0f}s (egra.experiments.launch timeout)\n")
             return TIMEOUT_STATUS
         except BaseException:  # Ctrl-C in the study: its jobs stop too
-            kill_group(proc)
+            kill_group(proc) if own_group else proc.kill()
             raise
 
 

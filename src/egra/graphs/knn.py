@@ -16,8 +16,10 @@ Two layers:
   ``"flat_sym"`` (exact; on the CPU only the upper triangle of ``X Xᵀ`` is computed, in
   blocks, about half the time of ``"flat"`` for large ``d``), ``"ivf"`` (``IndexIVFFlat``,
   inner product) or ``"hnsw"`` (``IndexHNSWFlat``, inner product).
-  ``device="auto"`` uses a GPU index when FAISS was built with GPU support and sees a
-  GPU (``faiss.get_num_gpus() > 0``), else the CPU. :func:`build_index` and
+  ``device="auto"`` uses a GPU index when FAISS was built with GPU support, sees a GPU
+  (``faiss.get_num_gpus() > 0``) and carries kernels for that GPU's compute capability
+  (:func:`faiss_gpu_problem`, checked before any FAISS GPU code runs), else the CPU, with one
+  logged line saying why. :func:`build_index` and
   :func:`search_index` are the two steps apart (for timing, or recall on a sample).
 * :func:`knn_graph` — a ``scipy.sparse.csr_matrix`` (float32, ``N x N``) with the
   conventions as options: self included or not, weighted or binary, directed or
@@ -43,12 +45,14 @@ Conventions worth knowing:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -57,6 +61,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from egra.graphs.adjacency import sym_normalize
+from egra.graphs.cuda_arch import KernelArchs, capability_str, library_archs, loaded_libraries
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +162,64 @@ def _check_k(k: int, n: int, exclude_self: bool) -> None:
 # Devices and indexes
 
 
+def _device_capability(gpu: int) -> tuple[int, int] | None:
+    """Compute capability of CUDA device ``gpu`` as torch numbers it (FAISS numbers devices
+    the same way: both follow ``CUDA_VISIBLE_DEVICES``), or None when torch sees no such GPU."""
+    import torch
+
+    if not torch.cuda.is_available() or gpu >= torch.cuda.device_count():
+        return None
+    return tuple(torch.cuda.get_device_capability(gpu))
+
+
+def faiss_kernel_archs() -> KernelArchs:
+    """GPU architectures the loaded FAISS build has kernels for (its shared objects' fat
+    binaries; those of the installed package when the process maps none by name)."""
+    libs = loaded_libraries("faiss")
+    if not libs:
+        pkg = Path(faiss.__file__).resolve().parent
+        libs = [
+            *pkg.glob("*.so*"),
+            *(f for d in pkg.parent.glob("faiss*.libs") for f in d.glob("*faiss*.so*")),
+        ]
+    return library_archs(libs)
+
+
+def faiss_gpu_problem(gpu: int) -> str | None:
+    """Why FAISS must not run on CUDA device ``gpu`` (None: it may), decided before any FAISS
+    GPU code runs: a GPU its build has no kernels for would end the process at the first
+    kernel (an ``abort()`` that no ``except`` sees)."""
+    cap = _device_capability(gpu)
+    if cap is None:
+        return f"torch sees no CUDA device {gpu} to read its compute capability from"
+    archs = faiss_kernel_archs()
+    if not archs:
+        return f"no GPU kernels found in the FAISS libraries, so compute capability {capability_str(cap)} is unconfirmed"
+    if not archs.runs_on(cap):
+        return (
+            f"this FAISS build has kernels for {archs.describe()}, none of which runs on GPU {gpu} "
+            f"(compute capability {capability_str(cap)})"
+        )
+    return None
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    # One line per reason and process, not one per graph built.
+    log.warning(message)
+
+
+def _faiss_has_gpus() -> bool:
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def resolve_device(device: str, method: str = "flat") -> str:
+    """The device an index for ``method`` is built on for the ``device`` request: ``"cpu"`` or
+    ``"cuda:N"`` (see :func:`topk_neighbors`); the reason for a CPU fallback is logged once."""
+    gpu = _resolve_device(device, method)
+    return "cpu" if gpu is None else f"cuda:{gpu}"
+
+
 def _resolve_device(device: str, method: str) -> int | None:
     """GPU number to use, or ``None`` for the CPU."""
     device = str(device).lower()
@@ -164,22 +227,27 @@ def _resolve_device(device: str, method: str) -> int | None:
         return None
     if device not in ("auto", "cuda", "gpu") and not device.startswith(("cuda:", "gpu:")):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    gpu_ok = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    gpu_ok = _faiss_has_gpus()
     if device == "auto":
-        return 0 if gpu_ok and method != "hnsw" else None
-    if not gpu_ok:
-        log.warning(
-            "device=%r requested but FAISS has no usable GPU here (faiss-gpu not installed "
-            "or faiss.get_num_gpus() == 0); building the kNN index on the CPU instead",
-            device,
+        gpu = 0 if gpu_ok and method != "hnsw" else None
+    elif not gpu_ok:
+        _warn_once(
+            f"device={device!r} requested but FAISS has no usable GPU here (faiss-gpu not installed "
+            "or faiss.get_num_gpus() == 0); building the kNN index on the CPU instead"
         )
         return None
-    if method == "hnsw":
-        log.warning("FAISS has no GPU HNSW index; building method='hnsw' on the CPU instead")
+    elif method == "hnsw":
+        _warn_once("FAISS has no GPU HNSW index; building method='hnsw' on the CPU instead")
         return None
-    gpu = int(device.split(":", 1)[1]) if ":" in device else 0
-    if gpu >= faiss.get_num_gpus():
-        raise ValueError(f"device={device!r} but FAISS sees only {faiss.get_num_gpus()} GPU(s)")
+    else:
+        gpu = int(device.split(":", 1)[1]) if ":" in device else 0
+        if gpu >= faiss.get_num_gpus():
+            raise ValueError(f"device={device!r} but FAISS sees only {faiss.get_num_gpus()} GPU(s)")
+    if gpu is not None:
+        problem = faiss_gpu_problem(gpu)
+        if problem is not None:
+            _warn_once(f"FAISS stays off the GPU: {problem}; building kNN indexes on the CPU")
+            return None
     return gpu
 
 
@@ -275,10 +343,12 @@ def _build_index(
         if not 1 <= nl <= n:
             raise ValueError(f"nlist must be in [1, N={n}], got {nl}")
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nl, faiss.METRIC_INNER_PRODUCT)
-        index.cp.seed = int(seed)
-        index.cp.spherical = True  # unit vectors in, unit centroids out
         if gpu is not None:
             index = faiss.index_cpu_to_gpu(res, gpu, index)
+        # Set on the index that trains: a GPU copy need not carry the CPU index's clustering
+        # parameters, and its k-means would then use FAISS's default seed, not ours.
+        index.cp.seed = int(seed)
+        index.cp.spherical = True  # unit vectors in, unit centroids out
         # Train on a deterministic sample (FAISS would subsample to 256 points per list).
         n_train = min(n, 64 * nl)
         rng = np.random.default_rng(seed)
@@ -472,9 +542,9 @@ def topk_neighbors(
             ``IndexIVFFlat`` trained on a sample (``nlist`` lists, default ``~4·sqrt(N)``;
             ``nprobe`` lists searched); ``"hnsw"`` ``IndexHNSWFlat`` (``hnsw_m`` links,
             ``ef_construction``, ``ef_search``; CPU only in FAISS).
-        device: ``"auto"`` (GPU if FAISS has one, else CPU), ``"cpu"``, ``"cuda"`` or
-            ``"cuda:N"``. A GPU request without a usable GPU logs one warning and uses the
-            CPU.
+        device: ``"auto"`` (GPU if FAISS has one it has kernels for, else CPU), ``"cpu"``,
+            ``"cuda"`` or ``"cuda:N"``. A GPU request without a usable GPU logs one warning
+            and uses the CPU.
         chunk_size: rows normalised / added / queried at a time (``flat_sym`` also keeps
             two ``chunk_size²`` float32 blocks).
         seed: IVF training sample and k-means seed.
@@ -636,13 +706,14 @@ def rank_device(device: str, local_rank: int) -> str:
     """The FAISS device of one process of a multi-process job.
 
     ``"auto"`` becomes the process's own GPU (``cuda:<local_rank mod visible GPUs>``) when
-    FAISS has GPUs, else ``"cpu"``; anything else is an explicit choice and stays as is.
-    Without this every rank of a node would build on GPU 0.
+    FAISS has GPUs and kernels for that GPU (:func:`faiss_gpu_problem`), else ``"cpu"``;
+    anything else is an explicit choice and stays as is. Without this every rank of a node
+    would build on GPU 0.
     """
     if str(device).lower() != "auto":
         return str(device)
-    n = faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
-    return f"cuda:{int(local_rank) % n}" if n > 0 else "cpu"
+    n = faiss.get_num_gpus() if _faiss_has_gpus() else 0
+    return resolve_device(f"cuda:{int(local_rank) % n}") if n > 0 else "cpu"
 
 
 def graph_stats(a: sp.spmatrix) -> dict[str, Any]:

@@ -8,6 +8,24 @@ from torch import Tensor, nn
 from egra.models.losses import bpr_loss
 
 
+class Constant(nn.Module):
+    """A fixed tensor (e.g. a frozen feature table) that moves and casts with its model but is
+    neither a parameter nor a buffer: outside ``state_dict`` (it is rebuilt from the data) and
+    outside DDP's per-step buffer broadcast from rank 0, which every rank would otherwise pay
+    for a table that is the same on every rank by construction. ``value`` is the tensor."""
+
+    def __init__(self, value: Tensor):
+        super().__init__()
+        self.value = value
+
+    def _apply(self, fn, recurse=True):
+        self.value = fn(self.value)
+        return super()._apply(fn, recurse)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.value.shape)}, dtype={self.value.dtype}"
+
+
 class Recommender(nn.Module):
     """Base class: a model exposes final user/item representations and a batch loss.
 

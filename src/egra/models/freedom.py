@@ -92,7 +92,7 @@ class FREEDOM(MultimodalRecommender):
     ``modality_graphs`` are the per-modality item graphs ``S_m`` in FREEDOM's convention
     (the graph stage builds them with ``graph.knn_convention=freedom``); the model mixes them
     with ``mm_image_weight``. ``train_features`` (MMRec: true) makes the raw feature tables
-    parameters ``feat_<m>``, else non-persistent buffers.
+    parameters ``feat_<m>``, else constants (:class:`~egra.models.base.Constant`).
 
     The training graph: the full normalised graph until :meth:`on_train_epoch_start` (called by
     the LightningModule at every epoch start with a generator seeded by ``(seed, epoch)``)

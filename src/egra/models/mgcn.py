@@ -116,7 +116,7 @@ class MGCN(MultimodalRecommender):
     ``modalities`` defaults to the sorted keys of ``features``; one modality works (the
     fuser then has a single attention weight of 1 and ``S = H_c / 2``).
     With ``train_features=True`` (MMRec's behaviour) the raw feature tables are
-    parameters ``feat_<m>``; otherwise they are non-persistent buffers.
+    parameters ``feat_<m>``; otherwise constants (:class:`~egra.models.base.Constant`).
     ``modality_graphs`` are the fixed, normalised item-item kNN graphs ``S_m`` of the raw
     features, one per modality (``egra.graphs.modality_graphs``; the pipeline's graph
     stage builds and caches them). The model never searches neighbours itself.

@@ -3,7 +3,8 @@ and their item-item graphs ``S_m``.
 
 MGCN, FREEDOM and EGRA (through MGCN) derive from :class:`MultimodalRecommender` and call
 :meth:`~MultimodalRecommender.setup_modalities` once in their constructor; the checks, the
-feature tables (``feat_<m>``: parameters when trained, buffers otherwise) and the
+feature tables (``feat_<m>``: parameters when trained, :class:`~egra.models.base.Constant`
+otherwise) and the
 projections ``proj[m]: d_m -> d`` are written here once.
 """
 
@@ -16,7 +17,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
-from egra.models.base import Recommender
+from egra.models.base import Constant, Recommender
 
 
 def as_float_tensor(x) -> Tensor:
@@ -45,7 +46,8 @@ class MultimodalRecommender(Recommender):
 
         ``modalities`` defaults to the sorted keys of ``features``. Every modality needs a
         ``[n_items, d_m]`` feature table and an ``[n_items, n_items]`` graph; the table becomes
-        ``feat_<m>`` (a parameter with ``train_features``, else a non-persistent buffer) and
+        ``feat_<m>`` (a parameter with ``train_features``, else a
+        :class:`~egra.models.base.Constant`: outside ``state_dict`` and DDP's buffer broadcast) and
         gets a projection ``proj[m] = Linear(d_m, embedding_dim)``, followed by
         ``per_modality(m)`` (a model's own layers for ``m``: created in this order, the
         parameters draw the same random numbers as when each model wrote its own loop).
@@ -82,7 +84,7 @@ class MultimodalRecommender(Recommender):
             if train_features:
                 self.register_parameter(f"feat_{m}", nn.Parameter(x))
             else:
-                self.register_buffer(f"feat_{m}", x, persistent=False)
+                self.add_module(f"feat_{m}", Constant(x))
             self.proj[m] = nn.Linear(x.shape[1], embedding_dim)
             if per_modality is not None:
                 per_modality(m)
@@ -90,4 +92,5 @@ class MultimodalRecommender(Recommender):
 
     def feature(self, m: str) -> Tensor:
         """Raw feature table ``X_m`` (``[I, d_m]``; a parameter when trainable)."""
-        return getattr(self, f"feat_{m}")
+        table = getattr(self, f"feat_{m}")
+        return table.value if isinstance(table, Constant) else table

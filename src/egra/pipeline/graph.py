@@ -20,8 +20,8 @@ one model key read here is ``model.modalities`` (which ``S^m`` to build).
 
 Each graph is an artifact ``graphs/<key>/`` (CSR arrays + manifest) whose key hashes what
 determines its content: the dataset fingerprint or the embedding artifact, the graph's
-parameters and the search method (not the device). Models get the matrices; checkpoints
-get their names (:meth:`Graphs.names`).
+parameters and the search method (for an approximate index also whether a GPU builds it).
+Models get the matrices; checkpoints get their names (:meth:`Graphs.names`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from omegaconf import DictConfig
 
 from egra.graphs import graph_digest, knn_graph, modality_graphs, rank_device
+from egra.graphs.knn import resolve_device
 from egra.pipeline import dist
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
 from egra.pipeline.schema import GRAPH_INITS, NO_GRAPH, SELF_SOURCE
@@ -157,11 +158,16 @@ def search_options(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _search_key(opts: Mapping[str, Any]) -> dict[str, Any]:
-    """The search options that change a graph (device and chunking do not)."""
+    """The search options that change a graph: chunking never does; the device only for an
+    approximate index (a GPU trains its k-means and scans its lists with other rounding than
+    the CPU, so a GPU-built IVF graph is its own artifact; which GPU does not matter)."""
     if opts["method"] in EXACT_METHODS:
         return {"search": "exact"}
     drop = ("device", "chunk_size")
-    return {"search": {k: v for k, v in opts.items() if k not in drop}}
+    search = {k: v for k, v in opts.items() if k not in drop}
+    if resolve_device(opts["device"], opts["method"]) != "cpu":
+        search["device"] = "gpu"  # CPU keys stay as they were before the device counted
+    return {"search": search}
 
 
 def _csr_arrays(g: sp.csr_matrix) -> dict[str, np.ndarray]:
@@ -279,11 +285,23 @@ def refresh_callback(cfg: DictConfig, spec: GraphSpec) -> GraphRefresh | None:
 
 
 def build_graphs(
-    cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None = None, known: Graphs | None = None
+    cfg: DictConfig,
+    dm,
+    spec: GraphSpec,
+    backbone: Artifact | None = None,
+    *,
+    pretrained: bool = True,
+    known: Graphs | None = None,
 ) -> Graphs:
-    """Every graph ``spec`` asks for: ``S^m`` from the features (or from ``known``, the
-    backbone's graphs of this run), ``S^pt`` from ``backbone`` (``graph_source=self``: the raw
-    features' first ``S^pt``, or none with ``graph_init=warmup``)."""
+    """Every graph ``spec`` asks for: ``S^m`` from the features (or from ``known``, graphs this
+    run already built, e.g. the model's when its backbone trains on the same ``S^m``), ``S^pt``
+    from ``backbone`` (``graph_source=self``: the raw features' first ``S^pt``, or none with
+    ``graph_init=warmup``).
+
+    ``pretrained=False`` builds only the graphs of the data, leaving the backbone's ``S^pt`` to
+    :func:`add_pretrained` once the backbone exists: the train pipeline builds those before
+    the backbone's fit, so under DDP no rank waits at a barrier while another runs FAISS.
+    """
     out = Graphs(spec=spec)
     if spec.knn_k is not None:
         out.modality, keys = modality_graph_set(cfg, dm, spec, known)
@@ -307,26 +325,35 @@ def build_graphs(
                     "graph_nnz": int(len(art.array("indices"))),
                 }
             )
-    if spec.pretrained_source is not None:
-        if backbone is None:
-            raise ValueError(f"S^pt from {spec.pretrained_source!r} needs its pretrained embedding artifact")
-        t0 = time.perf_counter()
-        out.pretrained, art = pretrained_graph(cfg, spec, backbone)
-        out.artifacts["S^pt"] = art.path.name
-        out.info.update(
-            {
-                "graph_artifact": str(art.path),
-                "graph_reused": art.reused,
-                "graph_s": round(time.perf_counter() - t0, 3),
-                # from the array, not the manifest's metadata
-                "graph_nnz": int(len(art.array("indices"))),
-            }
-        )
-        bb = backbone.manifest.get("metrics") or {}
-        out.info.update({f"backbone/{k}": bb[k] for k in BACKBONE_KEYS if k in bb})
-        if "build_time_s" in backbone.manifest:
-            out.info["backbone/build_time_s"] = backbone.manifest["build_time_s"]
-        log.debug("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
+    if pretrained:
+        add_pretrained(out, cfg, backbone)
+    return out
+
+
+def add_pretrained(out: Graphs, cfg: DictConfig, backbone: Artifact | None) -> Graphs:
+    """Add ``S^pt`` from the backbone's embedding artifact to ``out`` (when its spec wants one)."""
+    spec = out.spec
+    if spec.pretrained_source is None:
+        return out
+    if backbone is None:
+        raise ValueError(f"S^pt from {spec.pretrained_source!r} needs its pretrained embedding artifact")
+    t0 = time.perf_counter()
+    out.pretrained, art = pretrained_graph(cfg, spec, backbone)
+    out.artifacts["S^pt"] = art.path.name
+    out.info.update(
+        {
+            "graph_artifact": str(art.path),
+            "graph_reused": art.reused,
+            "graph_s": round(time.perf_counter() - t0, 3),
+            # from the array, not the manifest's metadata
+            "graph_nnz": int(len(art.array("indices"))),
+        }
+    )
+    bb = backbone.manifest.get("metrics") or {}
+    out.info.update({f"backbone/{k}": bb[k] for k in BACKBONE_KEYS if k in bb})
+    if "build_time_s" in backbone.manifest:
+        out.info["backbone/build_time_s"] = backbone.manifest["build_time_s"]
+    log.debug("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
     return out
 
 

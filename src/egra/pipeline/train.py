@@ -7,7 +7,8 @@
   backbone's embedding artifact (its own graphs ``S^m`` come from the graph stage first);
 * **graph** (``egra.pipeline.graph``): every graph the model needs (``S^m``, ``S^pt``),
   as cached artifacts, handed to the model's constructor (``graph_source=self``: also the
-  callback that rebuilds ``S^pt`` from the model's own vectors during the fit);
+  callback that rebuilds ``S^pt`` from the model's own vectors during the fit). The graphs
+  of the data are built before the backbone's fit, ``S^pt`` from its vectors after it;
 * **fit** (``egra.pipeline.fit``): Lightning fit with early stopping and checkpoints;
 * **evaluate** (``egra.pipeline.evaluate``): valid and test on the best checkpoint;
 * **report** (``egra.pipeline.tables.report``): ``metrics.json`` and the tables, on rank 0.
@@ -35,16 +36,17 @@ log = logging.getLogger(__name__)
 
 
 def pretrain_stage(
-    cfg: DictConfig, dm, spec: graph.GraphSpec
-) -> tuple[Any, graph.Graphs | None, dict[str, Any]]:
-    """The embedding artifact ``S^pt`` is built from (None when the model needs none), the
-    graphs its backbone trained on and what was done, for metrics.json."""
+    cfg: DictConfig, dm, spec: graph.GraphSpec, known: graph.Graphs | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The embedding artifact ``S^pt`` is built from (None when the model needs none) and
+    what was done, for metrics.json. ``known``: graphs the run built already (the model's),
+    which the backbone's graph stage takes instead of looking them up again."""
     source = spec.pretrained_source
     if source is None:
-        return None, None, {}
+        return None, {}
     t0 = time.perf_counter()
     bspec = pretrain.backbone_spec(cfg, source)
-    bgraphs = graph.build_graphs(cfg, dm, bspec) if bspec is not None else None
+    bgraphs = graph.build_graphs(cfg, dm, bspec, known=known) if bspec is not None else None
     emb = pretrain.pretrain(cfg, dm, source, bgraphs)
     # Training a backbone consumes the global RNGs, reusing its cached artifact does not:
     # re-seed so the model starts the same either way (sweeps and resumed runs reuse it).
@@ -54,7 +56,7 @@ def pretrain_stage(
         "pretrain_reused": emb.reused,
         "pretrain_s": round(time.perf_counter() - t0, 3),
     }
-    return emb, bgraphs, info
+    return emb, info
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -73,8 +75,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dm = load.load_data(cfg)
     check_data(cfg, dm)  # issue 13 hook: size- and feature-dependent settings, before pretraining
     spec = graph.GraphSpec.of(cfg.graph, cfg.model)
-    backbone, bgraphs, stage_info = pretrain_stage(cfg, dm, spec)
-    graphs = graph.build_graphs(cfg, dm, spec, backbone, known=bgraphs)
+    # The graphs of the data before the backbone's fit, S^pt (from the backbone) after it: under
+    # DDP no FAISS build on rank 0 then holds the other ranks at a barrier between two fits.
+    graphs = graph.build_graphs(cfg, dm, spec, pretrained=False)
+    backbone, stage_info = pretrain_stage(cfg, dm, spec, known=graphs)
+    graph.add_pretrained(graphs, cfg, backbone)
     net = fit.build_net(cfg.model, dm, graphs.model_inputs())
     if cfg.optim.get("init", "scratch") == "backbone":
         stage_info["init_tensors"] = len(fit.warm_start(net, pretrain.backbone_state(backbone), spec.source))
