@@ -241,6 +241,8 @@ def test_loss_matches_dense_reimplementation(data):
     perturb(model)
     model.eval()  # noise-free assignments: the loss is deterministic
     users, pos, neg = batch(size=11)
+    # repeated users and items: the distinct-row computation must weigh them by their counts
+    assert len(users.unique()) < len(users) and len(pos.unique()) < len(pos)
     out = model.loss(users, pos, neg)
     assert set(out) == {"loss", "bpr", "hcl", "reg"}
     _, e, hyper = dense_forward(model, dense_assignments(model))
@@ -290,8 +292,7 @@ def test_one_modality_has_no_contrastive_term_and_three_have_three_pairs(data):
     users, pos, neg = batch()
     _, _, hyper = model.propagate()
     want = sum(
-        model.hcl(hyper[a][0][users], hyper[b][0][users], hyper[b][0])
-        + model.hcl(hyper[a][1][pos], hyper[b][1][pos], hyper[b][1])
+        model.hcl(hyper[a][0], hyper[b][0], users) + model.hcl(hyper[a][1], hyper[b][1], pos)
         for a, b in itertools.combinations(model.modalities, 2)
     )
     torch.testing.assert_close(model.loss(users, pos, neg)["hcl"], want.detach())

@@ -202,29 +202,33 @@ class DAMRS(Recommender):
         w_neg = ((p_max - n_mean) * (p_mean < n_mean).to(p.dtype)).clamp(0.0, 1.0)
         return w_pos, w_neg
 
+    def item_cosines(self, h: Mapping[str, Tensor], items: Tensor) -> dict[str, Tensor]:
+        """Per view ``v``: ``cos(h_v[i], h_v[j])`` for ``items`` x all items (``[len(items), I]``)."""
+        return {v: F.normalize(h[v][items], dim=1) @ F.normalize(h[v], dim=1).T for v in self.views}
+
     @torch.no_grad()
-    def pseudo_positives(self, h: Mapping[str, Tensor], items: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per view ``v``: ``(M, S)`` item ids ``[len(items), n]`` of ``L_AI`` (see the module docstring)."""
+    def pseudo_positives(self, cos: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per view ``v``: ``(M, S)`` item ids ``[rows, n]`` of ``L_AI`` from :meth:`item_cosines`
+        (see the module docstring)."""
         n = min(self.n_pseudo_pos, self.n_items)
-        probs = {
-            v: torch.softmax(F.normalize(h[v][items], dim=1) @ F.normalize(h[v], dim=1).T, dim=1)
-            for v in self.views
-        }
+        probs = {v: torch.softmax(c.detach(), dim=1) for v, c in cos.items()}
         total = torch.stack(list(probs.values())).sum(0)
         out = {}
-        for v in self.views:
-            multi = (total + probs[v]).topk(n, dim=1).indices
-            single = probs[v].scatter(1, multi, 0.0).topk(n, dim=1).indices
+        for v, p in probs.items():
+            multi = (total + p).topk(n, dim=1).indices
+            single = p.scatter(1, multi, 0.0).topk(n, dim=1).indices
             out[v] = (multi, single)
         return out
 
     def item_alignment(self, h: Mapping[str, Tensor], items: Tensor) -> Tensor:
-        """``L_AI`` for the distinct ``items`` of a batch."""
-        labels = self.pseudo_positives(h, items)
+        """``L_AI`` for the distinct ``items`` of a batch (one cosine matrix per view serves the
+        pseudo-labels and the loss)."""
+        cos = self.item_cosines(h, items)
+        labels = self.pseudo_positives(cos)
         terms = []
         for v in self.views:
             multi, single = labels[v]
-            e = torch.exp(F.normalize(h[v][items], dim=1) @ F.normalize(h[v], dim=1).T / self.tau)
+            e = torch.exp(cos[v] / self.tau)
             total = e.sum(1)
             m_sum = e.gather(1, multi).sum(1)
             s_sum = e.gather(1, single).sum(1)

@@ -208,13 +208,16 @@ class LGMRec(Recommender):
         """``E``'s user and item rows (``eval()``: deterministic; training: one noise draw)."""
         return self.split(self.propagate()[1])
 
-    def hcl(self, anchor: Tensor, positive: Tensor, candidates: Tensor) -> Tensor:
-        """``Σ_r −log softmax_j(cos(a_r, c_j)/τ)`` at ``c_j = p_r``: the positive's cosine against
-        every candidate row's (the candidates include the positives)."""
-        a = F.normalize(anchor, dim=1)
-        pos = (a * F.normalize(positive, dim=1)).sum(1) / self.tau
-        lse = torch.logsumexp(a @ F.normalize(candidates, dim=1).T / self.tau, dim=1)
-        return (lse - pos).sum()
+    def hcl(self, anchor: Tensor, positive: Tensor, ids: Tensor) -> Tensor:
+        """``Σ_{r ∈ ids} −log softmax_j(cos(a_r, p_j)/τ)[r]`` over all rows ``j`` of ``positive``:
+        row ``r`` of the ``anchor`` table against every row of the ``positive`` table, its own
+        the positive. Computed once per distinct id, weighted by its count (the same sum)."""
+        uniq, counts = torch.unique(ids, return_counts=True)
+        p = F.normalize(positive, dim=1)
+        a = F.normalize(anchor[uniq], dim=1)
+        pos = (a * p[uniq]).sum(1) / self.tau
+        lse = torch.logsumexp(a @ p.T / self.tau, dim=1)
+        return (counts.to(lse.dtype) * (lse - pos)).sum()
 
     def loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> dict[str, Tensor]:
         """``BPR + cl_weight · L_hcl + reg_weight · L_reg`` on one forward pass."""
@@ -225,7 +228,7 @@ class LGMRec(Recommender):
         hcl = e.new_zeros(())
         for a, b in itertools.combinations(self.modalities, 2):
             (ua, ia), (ub, ib) = hyper[a], hyper[b]
-            hcl = hcl + self.hcl(ua[users], ub[users], ub) + self.hcl(ia[pos], ib[pos], ib)
+            hcl = hcl + self.hcl(ua, ub, users) + self.hcl(ia, ib, pos)
         reg = l2_norms(u, p, n, denom=users.shape[0])
         loss = bpr + self.cl_weight * hcl + self.reg_weight * reg
         return {
