@@ -5,6 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.egra-installed
 ARGS ?=
+# Overrides of a study config (conf/study/): make compare STUDY="vary_data=true jobs=2"
+STUDY ?=
 GPUS ?=
 DATASET ?= baby
 SWEEP ?= lambda_grid
@@ -76,17 +78,18 @@ sweep: $(STAMP) ## Run a sweep, then report it: SWEEP=lambda_grid|k_pt|seeds|abl
 	  status=$$?; $(BIN)/egra-report $(SWEEP_DIR); exit $$status
 
 PRESET ?= small
-TRIALS ?= 10
-SEEDS ?= 0 1 2 3 4
-compare: $(STAMP) ## LightGCN vs MGCN vs EGRA: equal Optuna budget, seeds, paired tests (PRESET= TRIALS= SEEDS="0 1 2 3 4")
-	$(BIN)/python -m egra.cli.compare --preset $(PRESET) --trials $(TRIALS) --seeds $(SEEDS) $(ARGS)
+TRIALS ?= 8
+SEEDS ?= 0,1,2,3,4
+MODELS ?= paper
+compare: $(STAMP) ## Models under the comparison protocol (docs/experiments.md): PRESET= TRIALS= SEEDS=0,1,2,3,4 MODELS=paper ARGS="k=v ..." (egra-train overrides)
+	$(BIN)/egra-compare dataset=$(PRESET) trials=$(TRIALS) 'eval_seeds=[$(SEEDS)]' models=$(MODELS) $(STUDY) -- $(ARGS)
 
 # DATASET given on the command line (or in the environment) picks the data; otherwise the
 # budget's own (smoke: tiny, full: baby).
 BUDGET ?= smoke
-REPRO_DATASET := $(if $(filter command line environment,$(origin DATASET)),--dataset $(DATASET))
-reproduce: $(STAMP) ## The paper's experiments on one dataset: make reproduce DATASET=baby|tiny|... BUDGET=smoke|full [ARGS="data=mmrec data.root=DIR"]
-	$(BIN)/python -m egra.cli.reproduce --budget $(BUDGET) $(REPRO_DATASET) $(ARGS)
+REPRO_DATASET := $(if $(filter command line environment,$(origin DATASET)),dataset=$(DATASET))
+reproduce: $(STAMP) ## The paper's experiments on one dataset: make reproduce DATASET=baby|tiny|... BUDGET=smoke|full [ARGS="data.root=DIR"]
+	$(BIN)/egra-reproduce budget=$(BUDGET) $(REPRO_DATASET) $(STUDY) -- $(ARGS)
 
 report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/multiruns/<time> (default: newest)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun dir> [ARGS='--out D --metrics ...']"; exit 2; }

@@ -5,7 +5,7 @@ the batch touched. The byte counts come from the real models' parameters: each m
 built on a small dataset with the target's feature widths, and every parameter with a row
 per user or per item is scaled to the target's users / items (Amazon Baby's shape by
 default). The timing all-reduces buffers of those sizes between 2 gloo processes on this
-machine (loopback TCP); GPU links are far faster (see README, "Multi-GPU") but move the same
+machine (loopback TCP); GPU links are far faster (see docs/multi-gpu.md) but move the same
 bytes.
 
     python bench/ddp_traffic.py [--users 19445 --items 7050 --image-dim 4096 --text-dim 384]

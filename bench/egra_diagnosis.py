@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runs import train_run
+from egra.experiments import launch
 
 SETTINGS = {
     "λ_max=0.01 (joint, raw)": ["model.lambda_max=0.01"],
@@ -48,17 +48,26 @@ COLUMNS = [
 
 def run(out: Path, name: str, overrides: list[str], preset: str, seed: int, epochs: int) -> Path:
     d = out / re.sub(r"[^A-Za-z0-9.]+", "_", name.replace("λ", "lambda")).strip("_")
-    return train_run(
-        d,
-        "experiment=egra_small",
-        f"data.preset={preset}",
-        f"seed={seed}",
-        f"data.seed={seed}",
-        f"trainer.max_epochs={epochs}",
-        "callbacks.collapse_guard=null",
-        "+callbacks.term_gradients._target_=egra.training.callbacks.TermGradients",
-        *overrides,
+    if (d / "metrics.json").is_file():
+        return d
+    launch.train(
+        [
+            f"hydra.run.dir={d}",
+            "threads=1",
+            "logger=csv",
+            "trainer.enable_progress_bar=false",
+            "experiment=egra_small",
+            f"data.preset={preset}",
+            f"seed={seed}",
+            f"data.seed={seed}",
+            f"trainer.max_epochs={epochs}",
+            "callbacks.collapse_guard=null",
+            "+callbacks.term_gradients._target_=egra.training.callbacks.TermGradients",
+            *overrides,
+        ],
+        out / f"{d.name}.log",
     )
+    return d
 
 
 def curves(run_dir: Path) -> dict[int, dict[str, float]]:

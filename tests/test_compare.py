@@ -1,131 +1,215 @@
-"""`egra-compare`: equal tuning budget per model, seeds, paired tests; egra-report renders it."""
+"""`egra-compare`: the protocol (selection seeds apart from evaluation seeds, equal budget, seed-level
+tests, Holm, hierarchical bootstrap) and its numbers against direct computations."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from omegaconf import OmegaConf
+from scipy import stats as sps
 
 from egra.cli.report import main as report_main
-from egra.pipeline.compare import Entry, _override, backbone_overrides, compare, paired_tests
+from egra.cli.train import main as train_main
+from egra.experiments.compare import (
+    COMPARE_JSON,
+    COMPARE_MD,
+    STAMP,
+    Candidate,
+    Study,
+    _stamped,
+    backbone_overrides,
+    check,
+    choose,
+    load,
+)
+from egra.pipeline.checks import ConfigError
+from egra.pipeline.io import PER_USER_FILE
+from tests.conftest import CONF_DIR
+from tests.test_stats import _bootstrap_by_hand
 
 
-def test_paired_tests_known_values():
-    a = np.array([0.30, 0.32, 0.31, 0.35, 0.33])
-    b = a - np.array([0.01, 0.02, 0.015, 0.03, 0.01])
-    t = paired_tests(a, b)
-    assert t["n"] == 5 and t["mean_diff"] == pytest.approx(0.017)
-    assert t["p_ttest"] < 0.05
-    assert t["p_wilcoxon"] == pytest.approx(0.0625)  # exact, 5 pairs all positive: 2/32
-    same = paired_tests(a, a)
-    assert same["p_wilcoxon"] == 1.0 and np.isnan(same["p_ttest"])
+def test_protocol_rules_are_checked():
+    with pytest.raises(ConfigError, match=r"share \[0\]: selection must not see an evaluated seed"):
+        load(CONF_DIR, ["selection_seeds=[0]"])
+    with pytest.raises(ConfigError, match="reference='nope'"):
+        load(CONF_DIR, ["reference=nope"])
+    with pytest.raises(ConfigError, match="compute_match='x'"):
+        load(CONF_DIR, ["compute_match=x"])
+    with pytest.raises(ConfigError, match="compare: .*trials"):
+        load(CONF_DIR, ["trials=many"])  # the schema: an int
+    bad = OmegaConf.merge(
+        load(CONF_DIR, ["models=self_graph"]),
+        {"models": {"pretrained": {"backbone": "self:x"}}},
+    )
+    with pytest.raises(ConfigError, match="list self before pretrained"):
+        check(bad)
+    assert list(load(CONF_DIR, ["models=self_graph"]).models) == ["pretrained", "self"]
+    cfg = load(CONF_DIR, [], ["trainer.max_epochs=3"])
+    assert cfg.overrides[-1] == "trainer.max_epochs=3" and cfg.endpoint == "test/Recall@20"
+    assert not set(cfg.selection_seeds) & set(cfg.eval_seeds)
 
 
-def test_backbone_takes_the_tuned_parameters_of_its_model():
-    tuned = {"MGCN": {"params": {"model.cl_loss": 0.02, "model.n_ui_layers": 3, "seed": 1}}}
-    entry = Entry("EGRA", "egra_small", "tune_egra", backbone=("MGCN", "mgcn"))
-    assert backbone_overrides(entry, tuned) == [
+def test_choice_tie_break_and_ineligible_candidates():
+    def cand(name, valid, ndcg, status="ok"):
+        c = Candidate(name, {} if name == "defaults" else {"model.x": name})
+        c.runs = {100: {"valid/Recall@20": valid, "valid/NDCG@20": ndcg}}
+        c.statuses = {100: status}
+        return c
+
+    assert choose([cand("defaults", 0.2, 0.1), cand("a", 0.3, 0.1)], "valid/Recall@20") == 1
+    # equal valid Recall: the better valid NDCG, then the earlier candidate
+    assert choose([cand("defaults", 0.3, 0.1), cand("a", 0.3, 0.2)], "valid/Recall@20") == 1
+    assert choose([cand("defaults", 0.3, 0.1), cand("a", 0.3, 0.1)], "valid/Recall@20") == 0
+    # a collapsed candidate is never chosen, however high its score
+    assert choose([cand("defaults", 0.2, 0.1), cand("a", 0.9, 0.5, "collapsed")], "valid/Recall@20") == 0
+
+
+def test_backbone_takes_the_chosen_parameters_of_its_model():
+    spec = OmegaConf.create({"backbone": "MGCN:mgcn"})
+    chosen = {"MGCN": {"model.cl_loss": 0.02, "model.n_ui_layers": 3, "seed": 1}}
+    assert backbone_overrides(spec, chosen) == [
         "backbones.mgcn.model.cl_loss=0.02",
         "backbones.mgcn.model.n_ui_layers=3",
     ]
-    assert backbone_overrides(Entry("MGCN", "mgcn_small", "tune_mgcn"), tuned) == []
-    with pytest.raises(ValueError, match="list MGCN before it"):
-        backbone_overrides(entry, {})
+    assert backbone_overrides(OmegaConf.create({"backbone": None}), chosen) == []
+    with pytest.raises(ConfigError, match="list MGCN before"):
+        backbone_overrides(spec, {})
+
+
+def test_a_selection_made_under_other_settings_is_set_aside(tmp_path):
+    d = tmp_path / "select" / "EGRA"
+    _stamped(d, {"overrides": ["a=1"]}, print)
+    (d / "trials").mkdir()
+    _stamped(d, {"overrides": ["a=1"]}, print)  # same settings: kept
+    assert (d / "trials").is_dir()
+    _stamped(d, {"overrides": ["a=2"]}, print)  # the backbone's chosen parameters changed
+    assert (tmp_path / "select" / "EGRA.stale1" / "trials").is_dir() and not (d / "trials").exists()
+    assert json.loads((d / STAMP).read_text()) == {"overrides": ["a=2"]}
 
 
 @pytest.mark.slow
-def test_compare_on_tiny_runs_end_to_end(tmp_path, monkeypatch, capsys):
+def test_compare_on_tiny_end_to_end_and_its_numbers(tmp_path, monkeypatch):
+    """1 trial, selection seed 100, evaluation seeds 0 and 1: the table has the protocol header,
+    seed-level and Holm-adjusted p-values and bootstrap CIs, each equal to a direct computation
+    from the runs' own files; a re-run reuses every job."""
     monkeypatch.chdir(tmp_path)
+    study_args = [
+        "dataset=tiny",
+        "trials=1",
+        "eval_seeds=[0,1]",
+        f"out={tmp_path / 'cmp'}",
+        "bootstrap_samples=200",
+    ]
+    train_args = [
+        "trainer.max_epochs=2",
+        "backbones.mgcn.max_epochs=2",
+        "logger=none",
+        f"paths.root_dir={tmp_path}",
+    ]
+    cfg = load(CONF_DIR, study_args, train_args)
+    lines: list[str] = []
+    result = Study(cfg, CONF_DIR, train_main.__wrapped__, lines.append).run()
     out = tmp_path / "cmp"
-    extra = ["trainer.max_epochs=2", "backbones.mgcn.max_epochs=2", "threads=1", "logger=none"]
-    result = compare(out, preset="tiny", trials=1, seeds=(0, 1), extra=extra)
-    assert set(result["models"]) == {"LightGCN", "MGCN", "EGRA"}
-    for label, row in result["models"].items():
-        assert len(row["test/Recall@20"]["per_seed"]) == 2, label
-        # the better of the defaults and the study's best was re-run
-        assert row["chosen"] in ("defaults", "study") and bool(row["params"]) == (row["chosen"] == "study")
-        assert row["tuned_valid/Recall@20"] == max(
-            row["defaults_valid/Recall@20"],
-            yaml.safe_load((out / "tune" / label / "optimization_results.yaml").read_text())["best_value"],
-        )
-        # every model had the same budget: its defaults and 1 trial
-        trials = [d for d in (out / "tune" / label).iterdir() if d.is_dir() and d.name.isdigit()]
-        assert len(trials) == 1 and (out / "tune" / label / "defaults" / "metrics.json").exists(), label
-    for name in ("EGRA vs LightGCN", "EGRA vs MGCN"):
-        tests = result["tests"][name]
-        assert {"seeds test/Recall@20", "users test/Recall@20", "users test/NDCG@20"} <= set(tests)
-        assert tests["users test/Recall@20"]["n"] > 50  # paired over test users
-        assert 0.0 <= tests["users test/Recall@20"]["p_wilcoxon"] <= 1.0
-    # EGRA is built on the MGCN it is compared with: its backbone has MGCN's tuned parameters.
-    egra_cfg = yaml.safe_load((out / "seeds" / "EGRA" / "seed0" / ".hydra" / "config.yaml").read_text())
-    for key, value in result["models"]["MGCN"]["params"].items():
-        assert egra_cfg["backbones"]["mgcn"]["model"][key.split(".", 1)[1]] == pytest.approx(value), key
-    for label in ("LightGCN", "MGCN", "EGRA"):
-        seed0 = yaml.safe_load((out / "seeds" / label / "seed0" / ".hydra" / "overrides.yaml").read_text())
-        params = result["models"][label]["params"]
-        assert {o for o in seed0 if o.startswith("model.")} == {_override(k, v) for k, v in params.items()}, (
-            label
-        )
-    saved = json.loads((out / "compare.json").read_text())
-    assert saved["trials"] == 1 and saved["seeds"] == [0, 1]
-    # A second call reuses every study and seed run.
-    mtime = (out / "seeds" / "EGRA" / "seed1" / "metrics.json").stat().st_mtime
-    compare(out, preset="tiny", trials=1, seeds=(0, 1), extra=extra)
-    assert (out / "seeds" / "EGRA" / "seed1" / "metrics.json").stat().st_mtime == mtime
-    capsys.readouterr()
-    assert report_main([str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "EGRA vs MGCN" in printed and "p (Wilcoxon)" in printed
+    md = (out / COMPARE_MD).read_text()
+    for heading in (
+        "## Protocol",
+        "## Primary endpoint: test/Recall@20",
+        "## Secondary endpoints",
+        "## Selection",
+        "## Compute",
+    ):
+        assert heading in md
+    assert "seed(s) 100, disjoint from the evaluation seeds" in md
+    assert json.loads((out / COMPARE_JSON).read_text())["protocol"]["eval_seeds"] == [0, 1]
 
-
-def _fake_job(d, overrides, valid=0.1):
-    (d / ".hydra").mkdir(parents=True)
-    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
-    (d / "metrics.json").write_text(json.dumps({"valid/Recall@20": valid, "status": "ok"}))
-
-
-def test_stale_studies_and_seed_runs_are_redone(tmp_path, monkeypatch):
-    """A study made on another backbone, or seed runs of other parameters, are set aside and redone;
-    the defaults win when their valid Recall@20 is at least the study's best."""
-    import egra.pipeline.compare as cmp
-
-    calls = []
-
-    def fake_train(args, log_file):
-        calls.append(args)
-        where = next(a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "hydra.sweep.dir=")))
-        d = Path(where)
-        if any(a.startswith("hparams_search=") for a in args):
-            _fake_job(d / "0", [o for o in args if o.startswith("backbones.")])
-            (d / "optimization_results.yaml").write_text(
-                yaml.safe_dump({"best_params": {"model.beta": 0.5}, "best_value": 0.2})
+    models = result["models"]
+    tuned = [m for m, r in models.items() if len(r["selection"]["candidates"]) > 1]
+    assert tuned == ["LightGCN", "MGCN", "FREEDOM", "EGRA"]  # the paper-settings row is not tuned
+    for label in tuned:
+        # every tuned model had the same budget: its defaults + 1 trial, on selection seed 100 only
+        assert (out / "select" / label / "trials" / "0" / "metrics.json").is_file()
+        assert not (out / "select" / label / "trials" / "1").exists()
+        runs = list((out / "select" / label).rglob("metrics.json"))
+        assert len(runs) == 2 and {json.loads(f.read_text())["seed"] for f in runs} == {100}
+    for row in models.values():
+        for s in (0, 1):
+            m = json.loads((Path(row["runs"][str(s)]) / "metrics.json").read_text())
+            assert m["seed"] == s and row["per_seed"]["test/Recall@20"][s] == pytest.approx(
+                m["test/Recall@20"]
             )
-        elif "-m" in args:
-            _fake_job(d / "seed0", [o for o in args if o.startswith(("model.", "backbones."))])
-        else:
-            _fake_job(d, [], valid=0.25)
+    assert models["EGRA"]["compute"]["trainings"] == 2 and models["LightGCN"]["compute"]["trainings"] == 1
 
-    monkeypatch.setattr(cmp, "_train", fake_train)
-    e = Entry("EGRA", "egra_small", "tune_egra", backbone=("MGCN", "mgcn"))
-    study = tmp_path / "tune" / "EGRA"
-    _fake_job(study / "0", ["backbones.mgcn.model.cl_loss=0.1"])
-    (study / "optimization_results.yaml").write_text(yaml.safe_dump({"best_params": {}, "best_value": 0.3}))
-    chosen = cmp.tune(e, tmp_path, ["data.seed=0"], trials=1, seed=0)
-    assert (tmp_path / "tune" / "EGRA.stale1" / "0").is_dir() and len(calls) == 2  # study + defaults
-    assert chosen == {
-        "params": {},
-        "valid/Recall@20": 0.25,
-        "defaults_valid/Recall@20": 0.25,
-        "chosen": "defaults",
-    }
-    assert cmp.tune(e, tmp_path, ["data.seed=0"], trials=1, seed=0) == chosen and len(calls) == 2  # reused
+    # The numbers against a direct computation.
+    tests = result["tests"]
+    assert len(tests) == 4 * 3 and [t["primary"] for t in tests[:3]] == [True, False, False]
+    for t in tests:
+        other = t["comparison"].split(" vs ", 1)[1]
+        a, b = models["EGRA"]["per_seed"][t["endpoint"]], models[other]["per_seed"][t["endpoint"]]
+        p = sps.ttest_rel(a, b).pvalue if np.ptp(np.subtract(a, b)) > 0 else math.nan
+        assert t["p"] == pytest.approx(p, nan_ok=True)
+        assert t["mean_diff"] == pytest.approx(np.mean(np.subtract(a, b)))
+    raw = [t["p"] for t in tests]
+    finite = sorted((p, i) for i, p in enumerate(raw) if not math.isnan(p))
+    running, adjusted = 0.0, {}
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (len(finite) - rank) * p))
+        adjusted[i] = running
+    for i, t in enumerate(tests):
+        assert t["p_holm"] == pytest.approx(adjusted.get(i, math.nan), nan_ok=True)
+    checked = 0
+    for t in tests:
+        if "bootstrap" not in t:
+            assert "popgroup" in t["endpoint"]  # no per-user values for the tail metric
+            continue
+        other = t["comparison"].split(" vs ", 1)[1]
+        key = t["endpoint"].split("/", 1)[1]
+        diffs = []
+        for s in (0, 1):
+            fa = np.load(Path(models["EGRA"]["runs"][str(s)]) / PER_USER_FILE)
+            fb = np.load(Path(models[other]["runs"][str(s)]) / PER_USER_FILE)
+            va, vb = dict(zip(fa["users"].tolist(), fa[key])), dict(zip(fb["users"].tolist(), fb[key]))
+            diffs.append(np.array([va[u] - vb[u] for u in sorted(set(va) & set(vb))]))
+        lo, hi = _bootstrap_by_hand(diffs, 200, 0, 0.95)
+        assert t["bootstrap"]["ci_low"] == pytest.approx(lo) and t["bootstrap"]["ci_high"] == pytest.approx(
+            hi
+        )
+        assert f"[{lo:+.4f}, {hi:+.4f}]" in md
+        checked += 1
+    assert checked == 8
 
-    sweep = tmp_path / "seeds" / "EGRA"
-    _fake_job(sweep / "seed0", ["model.beta=0.5"])
-    cmp.run_seeds(e, {}, tmp_path, ["data.seed=0"], [0])  # the defaults were chosen since
-    assert (tmp_path / "seeds" / "EGRA.stale1").is_dir() and len(calls) == 3
-    cmp.run_seeds(e, {}, tmp_path, ["data.seed=0"], [0])
-    assert len(calls) == 3  # same parameters: reused
+    # A second call trains nothing and renders the same table; egra-report prints it.
+    lines.clear()
+    again = Study(
+        load(CONF_DIR, study_args, train_args), CONF_DIR, train_main.__wrapped__, lines.append
+    ).run()
+    assert [ln for ln in lines if "seeds" in ln or "trials" in ln or "defaults" in ln] == []
+    assert again["tests"] == tests
+    assert report_main([str(out)]) == 0
+
+
+def test_reuse_links_an_identical_evaluation_run_of_another_comparison(tmp_path):
+    """A defaults-only study reuses the tuned study's run of the same config (same overrides),
+    and trains what differs."""
+    other = tmp_path / "tuned"
+    planned = ["data=synthetic", "data.preset=tiny", "model=mgcn", "data.seed=${seed}"]
+    for s in (0, 1):
+        d = other / "eval" / "MGCN" / f"seed{s}"
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*planned, f"seed={s}"]))
+        (d / "metrics.json").write_text(json.dumps({"seed": s, "test/Recall@20": 0.1}))
+    cfg = load(CONF_DIR, ["dataset=tiny", "vary_data=true", f"reuse=[{other}]", f"out={tmp_path / 'mine'}"])
+    study = Study(cfg, CONF_DIR, echo=lambda _: None)
+    launched = []
+    study._train = lambda overrides, log, multirun: launched.append(overrides) or 0
+    study.evaluate("MGCN", planned[:3], {}, [0, 1, 2], "eval")
+    assert (tmp_path / "mine" / "eval" / "MGCN" / "seed0").resolve() == other / "eval" / "MGCN" / "seed0"
+    assert (tmp_path / "mine" / "eval" / "MGCN" / "seed1").is_symlink()
+    assert len(launched) == 1 and "seed=0,1,2" in launched[0]  # seed 2 was never run there
+    launched.clear()
+    study.evaluate("MGCN", [*planned[:3], "model.cl_loss=0.02"], {}, [0], "eval")  # another config
+    assert len(launched) == 1

@@ -1,5 +1,5 @@
 """FREEDOM: graphs, forward, loss and edge sampling against dense re-implementations of
-``freedom.md``; the tiny end-to-end runs (as a model and as EGRA's backbone)."""
+FREEDOM's definitions (docs/method.md); the tiny end-to-end runs (as a model and as EGRA's backbone)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def perturb(model: FREEDOM) -> None:
 
 # --------------------------------------------------------------- dense references
 def dense_binary_knn(x: np.ndarray, k: int) -> np.ndarray:
-    """freedom.md: dense cosine, top-k per row incl. self, binary, D^{-1/2} A D^{-1/2} with row sums."""
+    """FREEDOM's S_m: dense cosine, top-k per row incl. self, binary, D^{-1/2} A D^{-1/2} with row sums."""
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     sim = xn @ xn.T
     a = np.zeros_like(sim)

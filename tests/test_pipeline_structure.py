@@ -195,3 +195,26 @@ def test_checkpoint_graph_names_are_checked():
         check_graphs(a, {"S^m/text": a["S^m/text"]})
     with pytest.raises(GraphMismatchError, match="not trained on"):
         check_graphs({"S^m/text": a["S^m/text"]}, a)
+
+
+def _modules_imported(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return out
+
+
+def test_layers_import_only_downwards():
+    """The study layer sits on the pipeline; nothing imports the entry points; the pipeline
+    never reaches up into the studies."""
+    for path in SRC.rglob("*.py"):
+        layer = path.relative_to(SRC).parts[0]
+        mods = _modules_imported(path)
+        if layer not in ("cli", "train.py"):  # egra/train.py: `python -m egra.train`, an entry point
+            assert not any(m == "egra.cli" or m.startswith("egra.cli.") for m in mods), path
+        if layer in ("pipeline", "training", "models", "graphs", "data", "metrics"):
+            assert not any(m.startswith("egra.experiments") for m in mods), path

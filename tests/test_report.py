@@ -1,4 +1,5 @@
-"""egra-report: fake multirun directories with hand-written metrics, plus one real tiny sweep."""
+"""egra-report (the study layer's collect → aggregate → render): fake multirun directories with
+hand-written metrics, plus one real tiny sweep."""
 
 from __future__ import annotations
 
@@ -13,19 +14,10 @@ import yaml
 from omegaconf import open_dict
 
 from egra.cli.report import main
-from egra.pipeline.report import (
-    collect,
-    load_results,
-    markdown_table,
-    numeric_params,
-    parse_override,
-    parse_overrides,
-    results_frame,
-    sensitivity_table,
-    summarize,
-    use_log_x,
-    write_report,
-)
+from egra.experiments.aggregate import summarize
+from egra.experiments.collect import collect, parse_overrides
+from egra.experiments.render import numeric_params, sensitivity_table, summary_table, use_log_x
+from egra.experiments.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIXED = ["model=egra", "data.preset=tiny", "paths.root_dir=/somewhere", "hydra.verbose=true"]
@@ -97,18 +89,18 @@ def assert_png(path: Path) -> None:
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
 
 
-def test_parse_override():
-    assert parse_override("model.lambda_min=0.001") == ("model.lambda_min", 0.001)
-    assert parse_override("model.P=10") == ("model.P", 10)
-    assert parse_override("+trainer.max_epochs=1e2") == ("trainer.max_epochs", 100.0)
-    assert parse_override("++model.pt_weighted=true") == ("model.pt_weighted", True)
-    assert parse_override("model.modalities=null") == ("model.modalities", None)
-    assert parse_override("model.graph_source=none") == ("model.graph_source", "none")
-    assert parse_override("tags='a b'") == ("tags", "a b")
-    assert parse_override("~model.beta") == ("model.beta", "~")
-    assert parse_override("hydra.run.dir=/x") is None
-    assert parse_override("paths.root_dir=/x") is None
-    assert parse_override("hydra/launcher=joblib") is None
+def test_overrides_are_read_by_hydras_parser():
+    assert parse_overrides(["model.lambda_min=0.001", "model.P=10", "+trainer.max_epochs=1e2"]) == {
+        "model.lambda_min": 0.001,
+        "model.P": 10,
+        "trainer.max_epochs": 100.0,
+    }
+    assert parse_overrides(["++model.pt_weighted=true", "model.modalities=null", "tags='a b'"]) == {
+        "model.pt_weighted": True,
+        "model.modalities": None,
+        "tags": "a b",
+    }
+    assert parse_overrides(["~model.beta", "hydra.run.dir=/x", "paths.root_dir=/x"]) == {"model.beta": "~"}
     assert parse_overrides(["seed=1", "model=bpr", "seed=2"]) == {"seed": 2, "model": "bpr"}
 
 
@@ -122,7 +114,7 @@ def test_grid_one_seed(tmp_path):
     header = list(rows[0])
     # Override columns first (hydra.* and paths.* dropped), then metrics; metrics.json's
     # "model"/"seed" do not overwrite the overrides of the same name.
-    assert header[:7] == [
+    assert header[:9] == [
         "job",
         "status",
         "model",
@@ -130,6 +122,8 @@ def test_grid_one_seed(tmp_path):
         "model.lambda_min",
         "model.lambda_max",
         "model.P",
+        "seed",
+        "data.seed",
     ]
     assert "paths.root_dir" not in header and "hydra.verbose" not in header
     assert header.index("test/Recall@20") > header.index("seed")
@@ -139,9 +133,10 @@ def test_grid_one_seed(tmp_path):
 
     body = table_rows((root / "report.md").read_text())
     assert len(body) == 8
-    # One seed: mean only, no "±"; seeds column = 1. Row 3 is (0.001, 1.0, 10).
+    # One seed: mean only, no "±" (the std of one value is undefined, not 0); seeds column = 1.
+    # Row 3 is (0.001, 1.0, 10).
     assert body[3][:3] == ["0.001", "1", "10"]
-    assert body[3][4] == "0.2110" and body[3][-1] == "1"
+    assert body[3][4] == "0.2110" and body[3][-2:] == ["1 ok", "1"]
     # The best mean of each column is bold.
     assert "**0.3110**" in (root / "report.md").read_text()
 
@@ -186,15 +181,17 @@ def test_grid_two_seeds_mean_std(tmp_path, capsys):
 
 
 def test_summary_and_sensitivity_numbers(tmp_path):
-    frame = results_frame(collect(make_grid(tmp_path / "mr", seeds=(1, 2))))
+    frame = collect(make_grid(tmp_path / "mr", seeds=(1, 2)))
     assert numeric_params(frame) == ["model.lambda_min", "model.lambda_max", "model.P"]
-    summary = summarize(frame, ["Recall@20"])
+    summary = summarize(frame, ["test/Recall@20"])
     assert list(summary.columns) == [
         "model.lambda_min",
         "model.lambda_max",
         "model.P",
         "test/Recall@20 mean",
         "test/Recall@20 std",
+        "test/Recall@20 n",
+        "runs",
         "seeds",
         "jobs",
     ]
@@ -212,7 +209,7 @@ def test_summary_and_sensitivity_numbers(tmp_path):
     assert sens["test/Recall@20 mean"].iloc[0] == pytest.approx(mean)
     assert sens["test/Recall@20 std"].iloc[0] == pytest.approx(std)
     assert sens["test/Recall@20 mean"].iloc[1] == pytest.approx(0.35550)
-    assert list(sens["n"]) == [8, 8]
+    assert list(sens["test/Recall@20 n"]) == [8, 8]
     assert use_log_x("model.lambda_min", [0.001, 0.01])
     assert not use_log_x("model.P", [5, 10])
 
@@ -239,11 +236,15 @@ def test_failed_and_not_started_jobs(tmp_path, capsys):
     assert "not started (model=lightgcn seed=2)" in printed
 
     rows = read_csv(root / "results.csv")
-    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok"), ("2", "failed")]
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "ok"), ("2", "missing")]
     md = (root / "report.md").read_text()
     assert "## Failed / missing jobs" in md and "train.log" in md
+    assert "Made by: `egra-train -m model=bpr,lightgcn seed=1,2`" in md  # from multirun.yaml
     body = table_rows(md)
-    assert body == [["bpr", "0.2000 ± 0.1414", "0.0600 ± 0.0141", "2"]]
+    assert body == [
+        ["bpr", "0.2000 ± 0.1414", "0.0600 ± 0.0141", "2 ok", "2"],
+        ["lightgcn", "", "", "1 missing", "0"],
+    ]
 
 
 def test_no_jobs_exits_nonzero(tmp_path, capsys):
@@ -257,10 +258,10 @@ def test_no_jobs_exits_nonzero(tmp_path, capsys):
 def test_all_failed_exits_one(tmp_path):
     write_job(tmp_path / "mr" / "0", ["model=bpr"], None)
     assert main([str(tmp_path / "mr")]) == 1
-    assert "(no finished job)" in (tmp_path / "mr" / "report.md").read_text()
+    assert "| all jobs | 1 missing | 0 |" in (tmp_path / "mr" / "report.md").read_text()
 
 
-def test_several_dirs_and_csv_round_trip(tmp_path):
+def test_several_dirs(tmp_path):
     a = make_grid(tmp_path / "a")
     b = tmp_path / "b"
     write_job(b / "0", ["model=lightgcn", "seed=3"], {"test/Recall@20": 0.5, "test/NDCG@20": 0.1})
@@ -269,10 +270,7 @@ def test_several_dirs_and_csv_round_trip(tmp_path):
     assert report.results["job"].iloc[-1] == "b/0"
     # lambda params are missing for b's job: its own configuration row.
     assert len(table_rows(report.markdown)) == 9
-    frame = load_results(tmp_path / "out" / "results.csv")
-    assert frame.attrs["override_columns"][:2] == ["model", "data.preset"]
-    assert "seed" in frame.attrs["override_columns"]
-    assert markdown_table(summarize(frame, ["test/Recall@20"])) == report.table
+    assert summary_table(summarize(report.results, ["test/Recall@20"])) == report.table
 
 
 def test_real_tiny_sweep(cfg_factory, tmp_path, capsys):
@@ -295,7 +293,7 @@ def test_real_tiny_sweep(cfg_factory, tmp_path, capsys):
     assert "test/popgroup0/Recall@20" in printed
     assert_png(sweep / "long_tail.png")
     assert not list(sweep.glob("sensitivity_*.png"))
-    assert "sensitivity curves: no swept numeric override" in (sweep / "report.md").read_text()
+    assert "sensitivity curves: no swept numeric setting" in (sweep / "report.md").read_text()
 
 
 def test_rows_follow_the_swept_values_and_failures_point_to_error_txt(tmp_path, capsys):
@@ -316,7 +314,7 @@ def test_rows_follow_the_swept_values_and_failures_point_to_error_txt(tmp_path, 
 
 def test_categorical_sweep_gets_a_bar_chart_per_choice(tmp_path):
     """hparams_search=backbones: model.graph_source is a choice, not a number: one bar per value."""
-    from egra.pipeline.report import choice_params, plot_choice
+    from egra.experiments.render import choice_params, plot_choice
 
     root = tmp_path / "backbones"
     sources = ["mgcn", "freedom", "lightgcn", "raw_features", "random"]
@@ -329,7 +327,7 @@ def test_categorical_sweep_gets_a_bar_chart_per_choice(tmp_path):
     report = write_report(root)
     assert [p.name for p in report.plots if p.name.startswith("choice_")] == ["choice_model_graph_source.png"]
     assert_png(root / "choice_model_graph_source.png")
-    frame = results_frame(collect(root))
+    frame = collect(root)
     assert choice_params(frame) == ["model.graph_source"] and numeric_params(frame) == []
     fig = plot_choice(frame, "model.graph_source")
     ax = fig.axes[0]

@@ -5,7 +5,7 @@ Standard library only (it runs before the venv exists). ``check`` inspects the G
 is no usable NVIDIA GPU or driver. ``install --python <venv python>`` runs the plan;
 ``plan`` prints it.
 
-Two stacks (see README, "Install"):
+Two stacks (see docs/multi-gpu.md, "Install"):
 
 - ``cu12-faiss-gpu``: every GPU within faiss-gpu-cu12's documented compute capabilities
   (7.0-8.9): torch 2.13.0 built for CUDA 12 from PyTorch's index, then

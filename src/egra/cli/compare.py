@@ -1,46 +1,48 @@
-"""``egra-compare``: LightGCN, MGCN and EGRA with an equal tuning budget, on several seeds.
+"""``egra-compare`` (``make compare``): models compared under the protocol of conf/study/compare.yaml.
 
-    egra-compare --preset small --trials 10 --seeds 0 1 2 3 4 --out logs/compare/small [k=v ...]
+    egra-compare [study overrides] [-- egra-train overrides]
+    egra-compare dataset=cobuy trials=8 'eval_seeds=[0,1,2,3,4]' publish=bench/results/compare_cobuy
+    egra-compare dataset=tiny trials=1 'eval_seeds=[0,1]' -- trainer.max_epochs=2
 
-Extra ``k=v`` arguments go to every ``egra-train`` call (e.g. ``trainer.max_epochs=50``).
+Study overrides are Hydra overrides of conf/study/compare.yaml; what follows ``--`` goes to every
+egra-train job. Exit status: 0 done, 2 a bad setting (one line), 4 a job failed (the others ran).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from egra.pipeline.compare import COMPARE_JSON, COMPARE_MD, compare
+from egra.cli import config_dir
+from egra.cli.errors import EXIT_FAILED_JOBS, exit_code, one_line
+from egra.experiments.compare import COMPARE_MD, Study, load, markdown
+from egra.experiments.study import command_line, split_argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="egra-compare", description=__doc__.split("\n\n")[0])
-    p.add_argument("--preset", default="small", help="generated preset (data.preset)")
-    p.add_argument(
-        "--trials", type=int, default=10, help="Optuna trials per model (the same for every model)"
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    p.add_argument("--out", type=Path, default=None, help="default: logs/compare/<preset>")
-    p.add_argument(
-        "--results", action="store_true", help="also copy to bench/results/compare_<preset>.{md,json}"
-    )
-    p.add_argument("overrides", nargs="*", help="k=v overrides for every egra-train call")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = args.out or Path("logs/compare") / args.preset
-    compare(out, preset=args.preset, trials=args.trials, seeds=args.seeds, extra=args.overrides)
-    print((out / COMPARE_MD).read_text())
-    if args.results:
-        dest = Path("bench/results")
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out / COMPARE_MD, dest / f"compare_{args.preset}.md")
-        shutil.copy(out / COMPARE_JSON, dest / f"compare_{args.preset}.json")
-    print(f"wrote {out / COMPARE_MD}")
-    return 0
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    study, train = split_argv(args)
+    try:
+        cfg = load(config_dir(), study, train)
+        runner = Study(cfg, config_dir(), command=command_line("egra-compare", argv))
+        result = runner.run()
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        print(f"egra-compare: {one_line(exc)}", file=sys.stderr)
+        return code
+    print(markdown(result))
+    print(f"wrote {runner.out / COMPARE_MD}")
+    failed = [
+        s for r in result["models"].values() for s in r["status"].values() if s in ("failed", "missing")
+    ]
+    return EXIT_FAILED_JOBS if failed else 0
 
 
 if __name__ == "__main__":

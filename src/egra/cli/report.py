@@ -7,16 +7,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from egra.pipeline.compare import COMPARE_JSON, render_compare
-from egra.pipeline.report import DEFAULT_METRICS, NoJobsError, write_report
+from egra.experiments.compare import COMPARE_JSON, render_file
+from egra.experiments.report import DEFAULT_METRICS, NoJobsError, write_report
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="egra-report",
         description=(
-            "Collect the jobs of Hydra multirun directories (metrics.json + .hydra/overrides.yaml) "
-            "into results.csv, report.md (mean ± std over seeds) and PNG plots; print the table."
+            "Collect the jobs of Hydra multirun directories (.hydra/config.yaml, overrides and "
+            "metrics.json) into results.csv, report.md (mean ± std over seeds) and PNG plots; "
+            "print the table. A make-compare directory prints its comparison."
         ),
     )
     p.add_argument("dirs", nargs="+", help="multirun directories (or single run directories)")
@@ -40,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     comparisons = [Path(d) / COMPARE_JSON for d in args.dirs if (Path(d) / COMPARE_JSON).is_file()]
     if comparisons:  # an egra-compare directory: its tables and paired tests
         for path in comparisons:
-            print(render_compare(path))
+            print(render_file(path))
         return 0
     try:
         metrics = [m for item in args.metrics for m in item.split(",") if m] if args.metrics else None
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in report.skipped:
         print(f"skipped {s}")
     print(f"\nwrote {', '.join(p.name for p in report.files)} to {report.out_dir}")
-    return 0 if (report.results["status"] == "ok").any() else 1
+    return 0 if (~report.results["status"].isin(["failed", "missing"])).any() else 1
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def normalized_bipartite(
     return sym_normalize(bipartite_adjacency(r, item_item, beta))
 
 
-#: How ``S^pt`` enters the enhanced graph (``egra-method.md`` leaves it open).
+#: How ``S^pt`` enters the enhanced graph (the paper leaves it open).
 PT_NORMS = ("joint", "separate")
 
 

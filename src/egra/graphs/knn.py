@@ -1,7 +1,7 @@
 """Top-K cosine neighbours and sparse kNN item–item graphs, built with FAISS.
 
 Every item–item graph of the project goes through this module: MGCN's modality graphs
-``S^m`` (see ``mmrec-protocol.md`` f) and EGRA's pretrained graph ``S^pt`` (Stage 2).
+``S^m`` (MGCN's and FREEDOM's conventions) and EGRA's pretrained graph ``S^pt`` (Stage 2).
 No dense ``N x N`` similarity matrix is ever formed: the rows are L2-normalised chunk by
 chunk into a FAISS index and the index is queried in chunks, so the extra memory is the
 index itself (``N·d`` floats for the exact and IVF indexes, plus the graph links for

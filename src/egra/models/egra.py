@@ -1,7 +1,7 @@
 """EGRA: enhanced behavior graph + bi-level weighted representation alignment.
 
 Zhang et al., "EGRA: Toward Enhanced Behavior Graphs and Representation Alignment for
-Multimodal Recommendation" (arXiv 2508.16170), in the reading of ``egra-method.md``:
+Multimodal Recommendation" (arXiv 2508.16170), as this project reads it (docs/method.md):
 
 * behavior view ``E^b``: LightGCN (mean of layers ``0..L_b``) on
   ``Â_e = norm([[0, R], [Rᵀ, β·S^pt]])``, where ``S^pt`` is the top-``k_pt`` item-item

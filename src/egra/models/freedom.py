@@ -1,8 +1,7 @@
 """FREEDOM (Zhou & Shen, ACM MM 2023, arXiv 2211.06924) as MMRec runs it.
 
 "A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal
-Recommendation", written from ``freedom.md`` (the project's reading of the paper and of
-MMRec's ``FREEDOM``):
+Recommendation", written from the paper and MMRec's ``FREEDOM`` (see docs/method.md):
 
 * a **frozen item-item graph** ``S = w_v·S_v + (1 − w_v)·S_t`` (``w_v = mm_image_weight``),
   each ``S_m`` the binary top-``k`` cosine graph of the raw features (self included,

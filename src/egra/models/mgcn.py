@@ -1,6 +1,6 @@
 """MGCN (Yu et al., ACM MM 2023) as MMRec runs it: multi-view graph convolution.
 
-Written from the protocol's description (``mmrec-protocol.md`` sections e and f):
+Written to match MMRec's MGCN (its model and its kNN graph conventions):
 
 * content (behavior) view ``C``: LightGCN on the normalised user-item graph, mean of
   layers ``0..n_ui_layers``;

@@ -9,7 +9,7 @@
   top-``cooc_k`` items by number of common users, at least ``cooc_min_count``, with those
   counts as weights (``egra.graphs.cooccurrence_graph``);
 * ``S^pt``: top-``k_pt`` graph of a pretrained backbone's item vectors, self excluded,
-  binary or cosine-weighted, symmetrised or directed (``egra-method.md``), for EGRA's
+  binary or cosine-weighted, symmetrised or directed (docs/method.md), for EGRA's
   enhanced behavior graph. With ``graph_source=self`` no backbone is pretrained: ``S^pt``
   is rebuilt during training from EGRA's own item vectors every ``graph_refresh_every``
   epochs (:func:`refresh_callback`, the same builder as here), starting from the raw
@@ -81,6 +81,7 @@ GRAPH_INITS = ("raw_features", "warmup")
 EXACT_METHODS = ("flat", "flat_sym")
 # Backbone metrics carried into the EGRA run's metrics.json (for side-by-side tables).
 BACKBONE_KEYS = (
+    "epochs_run",  # with build_time_s: what the backbone cost (compute columns of make compare)
     "valid/Recall@20",
     *(f"test/{m}@{k}" for m in ("Recall", "NDCG") for k in (10, 20, 50)),
     "test/popgroup0/Recall@20",
@@ -398,6 +399,8 @@ def build_graphs(cfg: DictConfig, dm, spec: GraphSpec, backbone: Artifact | None
         )
         bb = backbone.manifest.get("metrics") or {}
         out.info.update({f"backbone/{k}": bb[k] for k in BACKBONE_KEYS if k in bb})
+        if "build_time_s" in backbone.manifest:
+            out.info["backbone/build_time_s"] = backbone.manifest["build_time_s"]
         log.info("S^pt from %s: %d edges (%.1fs)", spec.source, out.info["graph_nnz"], out.info["graph_s"])
     return out
 

@@ -42,7 +42,7 @@ def comparison_table(rows: Mapping[str, Mapping[str, float]], columns: Sequence[
 
 def side_by_side(metrics: Mapping[str, float], keys: Sequence[str] | None = None) -> str:
     """A run's metrics next to the ``backbone/``-prefixed ones of its pretrained backbone."""
-    keys = keys or [k for k in metrics if f"backbone/{k}" in metrics]
+    keys = keys or [k for k in metrics if "/" in k and f"backbone/{k}" in metrics]
     width = max(len(k) for k in keys) + 2 if keys else 10
     lines = [f"{'metric':<{width}}{'backbone':>10}{metrics.get('model', 'model'):>10}{'change':>9}"]
     for k in keys:
