@@ -235,6 +235,7 @@ class Study:
             self.out / "logs" / f"{log_name}.log",
             multirun=multirun,
             task_function=self.task_function,
+            conf_dir=self.conf_dir,
         )
 
     # ------------------------------------------------------------------ selection
