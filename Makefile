@@ -33,7 +33,7 @@ ifeq ($(strip $(GPU)),1)
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test lint format data bench clean report sweep compare reproduce
+.PHONY: help setup train test lint format data bench clean report sweep compare reproduce results
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  make %-10s %s\n", $$1, $$2}'
@@ -94,6 +94,9 @@ reproduce: $(STAMP) ## The paper's experiments on one dataset: make reproduce DA
 report: $(STAMP) ## Tables and plots of a sweep: make report DIR=logs/<task>/multiruns/<time> (default: newest)
 	@test -n "$(DIR)" || { echo "usage: make report DIR=<multirun dir> [ARGS='--out D --metrics ...']"; exit 2; }
 	$(BIN)/egra-report $(DIR) $(ARGS)
+
+results: $(STAMP) ## Re-render the results blocks of README.md and docs/*.md from bench/results/ (ARGS=--check: only check)
+	$(BIN)/python -m egra.experiments.registry $(ARGS)
 
 lint: $(STAMP) ## ruff check + format check
 	$(BIN)/ruff check src tests bench tools

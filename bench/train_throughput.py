@@ -29,9 +29,27 @@ Model settings are the project's configs (``conf/model/*.yaml``, MMRec's default
 2048, 64-d, LightGCN 2 layers, MGCN 2 + 1 layers with trainable raw features and
 ``cl_loss`` 0.01) and the optimizer is ``conf/train.yaml``'s ``optim`` (fused Adam).
 
-Every record carries MMRec's reference timings (measured elsewhere: 1 thread
-on a 2-core machine) and the ratios to them; EGRA has no MMRec reference and is compared
-with our MGCN epoch at the same thread count.
+Ratios are against floors measured in the same process, on the same machine and at the
+same thread count, never against timings taken elsewhere. They are ratios of process CPU
+time, which waiting for a core does not inflate (on a shared machine wall times of the same
+work differ by more than the effects measured here); the wall-clock figures are recorded
+beside them.
+
+* ``sgemm_2048_gflops`` — the case's single-call SGEMM rate (``2048³``, best of 3, on CPU
+  time), the scale of the floors below (``sgemm_2048_gflops_wall`` on wall time);
+* ``plain_epoch_cpu_s`` — the same model's forward/backward/optimizer work on the same
+  batches in a bare torch loop (no Lightning, no sampler, no logging); ``epoch_vs_plain`` =
+  ``epoch_cpu_s_median / plain_epoch_cpu_s`` is what the training loop adds on top;
+* MGCN/EGRA ``floor`` — their raw-feature work alone (projections forward + backward and
+  fused Adam on the feature tables, timed in isolation); ``epoch_vs_floor`` =
+  ``epoch_cpu_s_median / floor.floor_epoch_cpu_s``; ``floor.sgemm_epoch_s`` is the
+  projections' FLOPs at the SGEMM rate;
+* ``eval_floor_s`` — the ``users x items x d`` score products of one pass at the SGEMM
+  rate; ``eval_vs_floor`` = ``eval_cpu_s / eval_floor_s``;
+* ``epoch_vs_mgcn`` (EGRA) — against the MGCN case of the same run and thread count.
+
+The command is recorded in every record (``meta.command``); ``bench/results/
+train_throughput.md`` (written next to the JSON) holds the table the docs embed.
 
     python bench/train_throughput.py                 # baby, 1 and 2 threads (~15 min)
     python bench/train_throughput.py --threads 1     # one-thread figures only
@@ -59,17 +77,6 @@ ROOT = HERE.parent
 CONF_DIR = ROOT / "conf"
 DEFAULT_OUT = HERE / "results" / "train_throughput.json"
 
-# MMRec on Baby-shaped synthetic data, 1 torch thread, timed on another machine.
-REFERENCE = {
-    "lightgcn": {"epoch_s": 7.0, "eval_s": 3.8, "graph_build_s": 0.3},
-    "mgcn": {"epoch_s": 52.0, "eval_s": 4.4, "graph_build_s": 11.0},
-}
-# Targets of the performance issue (1 thread, baby): ratio to the reference.
-TARGETS = {
-    "lightgcn": {"epoch": 0.40, "eval": 0.35},
-    "mgcn": {"epoch": 0.45, "eval": 0.35},
-    "egra": {"epoch_vs_mgcn": 1.30, "eval": 0.35},
-}
 MODELS = ("lightgcn", "mgcn", "egra")
 
 
@@ -119,6 +126,8 @@ def run_case(case: dict) -> dict:
     from egra.training.callbacks import AlignmentSchedule
 
     rec: dict = {"load_1m_start": round(os.getloadavg()[0], 2)}
+    # This process's matrix-product speed right now: the unit of the floors below.
+    rec["sgemm_2048_gflops"], rec["sgemm_2048_gflops_wall"] = sgemm_gflops()
     out_dir = tempfile.mkdtemp(prefix="egra-bench-")
     cfg = _compose(case, out_dir)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -198,6 +207,10 @@ def run_case(case: dict) -> dict:
     rec["epoch_s_median"] = round(statistics.median(timer.wall[keep]), 3)
     rec["epoch_cpu_s_median"] = round(statistics.median(timer.cpu[keep]), 3)
     rec["step_s"] = round(rec["epoch_s_median"] / rec["train_batches"], 4)
+    plain_wall, plain_cpu = plain_loop_epochs(module, dm, int(case["epochs"]))
+    rec["plain_epoch_s_all"], rec["plain_epoch_cpu_s_all"] = plain_wall, plain_cpu
+    rec["plain_epoch_s"] = round(statistics.median(plain_wall[keep]), 3)
+    rec["plain_epoch_cpu_s"] = round(statistics.median(plain_cpu[keep]), 3)
     rec["final_train_loss"] = float(trainer.callback_metrics.get("train/loss", float("nan")))
 
     # Checkpoint save (weights + optimizer state): what ModelCheckpoint writes per file,
@@ -237,40 +250,83 @@ def run_case(case: dict) -> dict:
     rec["test_s"] = round(time.perf_counter() - t, 3)
     rec["test_cpu_s"] = round(time.process_time() - c, 3)
     rec["eval_users"] = int(len(np.unique(dm.data.pairs(1)[0])))
+    # The score products of one pass (users x items x d) at this process's SGEMM rate.
+    dim = int(cfg.model.embedding_dim)
+    rec["eval_floor_s"] = round(
+        2 * rec["eval_users"] * rec["n_items"] * dim / (rec["sgemm_2048_gflops"] * 1e9), 4
+    )
 
     rec["peak_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    if case["model"] == "mgcn":
+    if case["model"] in ("mgcn", "egra"):
         dims = {m: int(x.shape[1]) for m, x in dm.data.features.items()}
         del trainer, ev, module, net
-        rec["floor"] = measure_floor(rec["n_items"], dims, rec["train_batches"])
+        rec["floor"] = measure_floor(rec["n_items"], dims, rec["train_batches"], rec["sgemm_2048_gflops"])
     rec["load_1m_end"] = round(os.getloadavg()[0], 2)
     return rec
 
 
-def measure_floor(n_items: int, dims: dict[str, int], batches: int) -> dict:
-    """What MGCN's step cannot go below here: its raw-feature work alone, timed in isolation.
+def sgemm_gflops() -> tuple[float, float]:
+    """GFLOP/s of one ``2048 x 2048`` float32 product at the current thread count, best of 3:
+    on process CPU time, and on wall time."""
+    import torch
 
-    Per step MGCN projects every item's trainable raw features (``X_m W_mᵀ``, and in the
-    backward ``∂W = gᵀ X`` and ``∂X = g W``: three ``I x d_m x 64`` products per modality)
-    and Adam updates those ``I x Σ d_m`` parameters. Timed with the code the model runs
-    (``egra.models.mgcn.project`` + fused Adam), best of 3, plus the machine's single-call
-    SGEMM rate (2048³) for scale. ``floor_epoch_s`` = batches x (projections + Adam).
+    sq = torch.randn(2, 2048, 2048)
+    wall, cpu = _best(lambda: sq[0] @ sq[1])
+    flop = 2 * 2048**3
+    return round(flop / cpu / 1e9, 1), round(flop / wall / 1e9, 1)
+
+
+def _best(fn, n: int = 3) -> tuple[float, float]:
+    """Best wall and best process CPU seconds of ``n`` calls of ``fn`` (after one warm-up)."""
+    fn()
+    wall = cpu = float("inf")
+    for _ in range(n):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall, cpu = min(wall, time.perf_counter() - t), min(cpu, time.process_time() - c)
+    return wall, cpu
+
+
+def plain_loop_epochs(module, dm, epochs: int) -> tuple[list[float], list[float]]:
+    """Wall and process CPU seconds per epoch of the model's own work in a bare torch loop.
+
+    The batches of one epoch are drawn once, up front; each epoch then runs, per batch,
+    ``net.loss`` forward, backward and a step of the configured optimizer (a fresh one, as
+    the training run builds it): what a training step computes, without Lightning, the
+    sampler or the logging.
+    """
+    net = module.net
+    net.train()
+    batches = [(b[0], b[1], b[2]) for b in dm.train_dataloader()]
+    opt = module.optimizer_factory(params=[p for p in net.parameters() if p.requires_grad])
+    walls, cpus = [], []
+    for _ in range(epochs):
+        t, c = time.perf_counter(), time.process_time()
+        for users, pos, neg in batches:
+            opt.zero_grad(set_to_none=True)
+            net.loss(users, pos, neg)["loss"].backward()
+            opt.step()
+        walls.append(round(time.perf_counter() - t, 3))
+        cpus.append(round(time.process_time() - c, 3))
+    del opt
+    return walls, cpus
+
+
+def measure_floor(n_items: int, dims: dict[str, int], batches: int, sgemm: float) -> dict:
+    """What an MGCN/EGRA step cannot go below here: its raw-feature work alone, timed in isolation.
+
+    Per step MGCN (and EGRA, which shares its encoders) projects every item's trainable raw
+    features (``X_m W_mᵀ``, and in the backward ``∂W = gᵀ X`` and ``∂X = g W``: three
+    ``I x d_m x 64`` products per modality) and Adam updates those ``I x Σ d_m`` parameters.
+    Timed with the code the model runs (``egra.models.mgcn.project`` + fused Adam), best of 3.
+    ``floor_epoch_cpu_s`` = batches x (projections + Adam) on CPU time (``floor_epoch_s`` on
+    wall time); ``sgemm_epoch_s`` = batches x the projections' FLOPs at the case's SGEMM
+    rate ``sgemm`` (GFLOP/s).
     """
     import torch
 
     from egra.models.mgcn import project
 
-    def best(fn, n: int = 3) -> float:
-        fn()
-        out = float("inf")
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            out = min(out, time.perf_counter() - t)
-        return out
-
-    sq = torch.randn(2, 2048, 2048)
-    sgemm = 2 * 2048**3 / best(lambda: sq[0] @ sq[1]) / 1e9
     feats = {m: torch.nn.Parameter(torch.randn(n_items, d)) for m, d in dims.items()}
     layers = {m: torch.nn.Linear(d, 64) for m, d in dims.items()}
     grads = {m: torch.randn(n_items, 64) for m in dims}
@@ -279,18 +335,21 @@ def measure_floor(n_items: int, dims: dict[str, int], batches: int) -> dict:
         for m in dims:
             project(layers[m], feats[m]).backward(grads[m])
 
-    proj_s = best(projections)
+    proj_s, proj_cpu = _best(projections)
     opt = torch.optim.Adam(list(feats.values()), lr=1e-3, fused=True)
-    adam_s = best(opt.step)
+    adam_s, adam_cpu = _best(opt.step)
     flops = sum(3 * 2 * n_items * d * 64 for d in dims.values())
     return {
-        "sgemm_2048_gflops": round(sgemm, 1),
         "projection_products_gflop": round(flops / 1e9, 2),
         "projection_fwd_bwd_s": round(proj_s, 4),
-        "projection_gflops": round(flops / proj_s / 1e9, 1),
+        "projection_cpu_s": round(proj_cpu, 4),
+        "projection_gflops": round(flops / proj_cpu / 1e9, 1),
         "feature_adam_s": round(adam_s, 4),
+        "feature_adam_cpu_s": round(adam_cpu, 4),
         "feature_params_m": round(sum(n_items * d for d in dims.values()) / 1e6, 1),
         "floor_epoch_s": round(batches * (proj_s + adam_s), 2),
+        "floor_epoch_cpu_s": round(batches * (proj_cpu + adam_cpu), 2),
+        "sgemm_epoch_s": round(batches * flops / (sgemm * 1e9), 2),
     }
 
 
@@ -329,36 +388,87 @@ def _run_subprocess(case: dict, timeout: float) -> dict:
     return rec
 
 
-def _add_reference(records: list[dict]) -> None:
-    mgcn_epoch = {r["threads"]: r.get("epoch_s_median") for r in records if r["model"] == "mgcn"}
-    mgcn_cpu = {r["threads"]: r.get("epoch_cpu_s_median") for r in records if r["model"] == "mgcn"}
+def add_ratios(records: list[dict]) -> None:
+    """Every ratio against a floor of the same case, or (EGRA) the MGCN case of the same run."""
+    mgcn = {
+        (r["threads"], r["meta"]["measured_at"]): r
+        for r in records
+        if r["model"] == "mgcn" and "error" not in r
+    }
+    for r in records:
+        if "error" in r or "plain_epoch_cpu_s" not in r:  # a record of an older format (--merge)
+            continue
+        r["epoch_vs_plain"] = round(r["epoch_cpu_s_median"] / r["plain_epoch_cpu_s"], 3)
+        r["eval_vs_floor"] = round(r["eval_cpu_s"] / r["eval_floor_s"], 2)
+        if r.get("floor"):
+            r["epoch_vs_floor"] = round(r["epoch_cpu_s_median"] / r["floor"]["floor_epoch_cpu_s"], 3)
+        m = mgcn.get((r["threads"], r["meta"]["measured_at"]))
+        if r["model"] == "egra" and m is not None:
+            r["epoch_vs_mgcn"] = round(r["epoch_cpu_s_median"] / m["epoch_cpu_s_median"], 3)
+            r["epoch_vs_mgcn_wall"] = round(r["epoch_s_median"] / m["epoch_s_median"], 3)
+
+
+NAMES = {"lightgcn": "LightGCN", "mgcn": "MGCN", "egra": "EGRA"}
+
+
+def markdown(records: list[dict]) -> str:
+    """The results table the docs embed (``bench/results/train_throughput.md``)."""
+    records = [r for r in records if "error" in r or "plain_epoch_cpu_s" in r]
+    commands = sorted({r["meta"]["command"] for r in records if "command" in r["meta"]})
+    meta = records[0]["meta"]
+    lines = [
+        "# Training throughput",
+        "",
+        f"Generated `{records[0]['preset']}` preset; CPU: {meta['cpu']} ({meta['cores']} cores); "
+        f"commit {meta['commit'][:12]}{' (dirty)' if meta['dirty'] else ''}; measured {meta['measured_at']}.",
+        *[f"Command: `{c}`" for c in commands],
+        "",
+        "| model | threads | SGEMM GFLOP/s | CPU s / epoch | plain loop | epoch / plain | feature floor | "
+        "epoch / floor | eval CPU s | eval floor s | eval / floor | wall s / epoch | graph build s | peak MB | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in records:
         if "error" in r:
+            lines.append(f"| {NAMES.get(r['model'], r['model'])} | {r['threads']} | error: {r['error']} |")
             continue
-        ref = REFERENCE.get(r["model"])
-        r["reference"] = ref
-        r["targets"] = TARGETS.get(r["model"])
-        if ref is not None:
-            r["epoch_ratio"] = round(r["epoch_s_median"] / ref["epoch_s"], 3)
-            r["epoch_cpu_ratio"] = round(r["epoch_cpu_s_median"] / ref["epoch_s"], 3)
-            r["eval_ratio"] = round(r["eval_s"] / ref["eval_s"], 3)
-            r["graph_build_ratio"] = round(r["graph_build_s"] / ref["graph_build_s"], 3)
-        else:
-            r["eval_ratio"] = round(r["eval_s"] / REFERENCE["mgcn"]["eval_s"], 3)
-            if mgcn_epoch.get(r["threads"]):
-                r["epoch_vs_mgcn"] = round(r["epoch_s_median"] / mgcn_epoch[r["threads"]], 3)
-                r["epoch_cpu_vs_mgcn"] = round(r["epoch_cpu_s_median"] / mgcn_cpu[r["threads"]], 3)
+        f = r.get("floor") or {}
+        ratio = r.get("epoch_vs_floor")
+        lines.append(
+            f"| {NAMES.get(r['model'], r['model'])} | {r['threads']} | {r['sgemm_2048_gflops']} | "
+            f"{r['epoch_cpu_s_median']:.2f} | {r['plain_epoch_cpu_s']:.2f} | {r['epoch_vs_plain']:.2f}× | "
+            f"{_fmt(f.get('floor_epoch_cpu_s'), '.2f')} | {_fmt(ratio, '.2f')}{'×' if ratio else ''} | "
+            f"{r['eval_cpu_s']:.2f} | {r['eval_floor_s']:.3f} | {r['eval_vs_floor']:.1f}× | "
+            f"{r['epoch_s_median']:.2f} | {r['graph_build_s']:.2f} | {r['peak_mb']:.0f} | {r['load_1m_start']:.1f} |"
+        )
+    lines += [
+        "",
+        "Times are process CPU seconds unless marked wall (medians; the first training epoch left out), and "
+        "every ratio is CPU time over CPU time, so waiting for a core on a shared machine does not enter them. "
+        "CPU s / epoch: the Lightning training epoch. Plain loop: the same model's loss, backward and optimizer "
+        "step on the same batches in a bare torch loop, CPU s / epoch. Feature floor (MGCN, EGRA): the "
+        "raw-feature projections and Adam on the feature tables alone, CPU s / epoch. Eval: one full-ranking pass "
+        "over all valid users; its floor is the users × items × d score products at the SGEMM rate. Every floor "
+        "is measured in the same process as its row. Load: the 1-minute load average when the row's case "
+        f"started ({meta['cores']} cores).",
+    ]
+    for r in records:
+        if r.get("epoch_vs_mgcn") is not None:
+            lines += [
+                "",
+                f"EGRA / MGCN epoch at {r['threads']} thread(s), same run: {r['epoch_vs_mgcn']:.2f}× "
+                f"(CPU time; {r['epoch_vs_mgcn_wall']:.2f}× wall).",
+            ]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(v, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+    return format("-", spec.split(".")[0]) if v is None else format(v, spec)
 
 
 def print_table(records: list[dict]) -> None:
     head = (
-        f"{'model':<9} {'thr':>3} {'epoch s':>8} {'cpu s':>7} {'ref s':>6} {'ratio':>6} {'cpu':>5} "
-        f"{'eval s':>7} {'cpu s':>6} {'ratio':>6} {'graph s':>8} {'ckpt s':>7} {'async':>6} "
-        f"{'peak MB':>8} {'load':>5}"
+        f"{'model':<9} {'thr':>3} {'sgemm':>6} {'epoch s':>8} {'cpu s':>7} {'plain':>7} {'/plain':>6} "
+        f"{'floor':>7} {'/floor':>6} {'eval cpu':>8} {'/floor':>7} {'graph s':>8} {'ckpt s':>7} {'peak MB':>8} {'load':>5}"
     )
     print(head)
     print("-" * len(head))
@@ -366,34 +476,22 @@ def print_table(records: list[dict]) -> None:
         if "error" in r:
             print(f"{r['model']:<9} {r['threads']:>3}  ERROR {r['error']}")
             continue
-        ref = (r.get("reference") or {}).get("epoch_s")
-        is_egra = "epoch_ratio" not in r
-        ratio = r.get("epoch_vs_mgcn") if is_egra else r.get("epoch_ratio")
-        cpu_ratio = r.get("epoch_cpu_vs_mgcn") if is_egra else r.get("epoch_cpu_ratio")
-        tag = "*" if is_egra else " "
+        if "plain_epoch_cpu_s" not in r:
+            continue
+        f = r.get("floor") or {}
         print(
-            f"{r['model']:<9} {r['threads']:>3} {r['epoch_s_median']:>8.2f} {r['epoch_cpu_s_median']:>7.2f} "
-            f"{_fmt(ref, '>6.1f')} {_fmt(ratio, '>5.2f')}{tag} {_fmt(cpu_ratio, '>5.2f')} "
-            f"{r['eval_s']:>7.2f} {r['eval_cpu_s']:>6.2f} {r['eval_ratio']:>6.2f} {r['graph_build_s']:>8.2f} "
-            f"{r['ckpt_s']:>7.2f} {r.get('ckpt_async_blocking_s', float('nan')):>6.2f} "
+            f"{r['model']:<9} {r['threads']:>3} {r['sgemm_2048_gflops']:>6.1f} {r['epoch_s_median']:>8.2f} "
+            f"{r['epoch_cpu_s_median']:>7.2f} {r['plain_epoch_cpu_s']:>7.2f} {r['epoch_vs_plain']:>6.2f} "
+            f"{_fmt(f.get('floor_epoch_cpu_s'), '>7.2f')} {_fmt(r.get('epoch_vs_floor'), '>6.2f')} "
+            f"{r['eval_cpu_s']:>8.2f} {r['eval_vs_floor']:>7.1f} {r['graph_build_s']:>8.2f} {r['ckpt_s']:>7.2f} "
             f"{r['peak_mb']:>8.0f} {r['load_1m_start']:>5.1f}"
         )
-    for r in records:
-        f = r.get("floor")
-        if f:
-            print(
-                f"MGCN floor at {r['threads']} thread(s): raw-feature projections {f['projection_fwd_bwd_s']:.3f} s "
-                f"({f['projection_products_gflop']} GFLOP at {f['projection_gflops']} GFLOP/s; one 2048³ SGEMM runs at "
-                f"{f['sgemm_2048_gflops']} GFLOP/s) + Adam on {f['feature_params_m']}M feature parameters "
-                f"{f['feature_adam_s']:.3f} s per step = {f['floor_epoch_s']:.1f} s per epoch before any graph or loss work"
-            )
     print(
-        "epoch s / eval s: wall-clock medians; cpu s: process CPU time of the same epochs / passes. "
-        "ratio: ours / MMRec's reference (1 thread, another machine), on wall time "
-        "and on CPU time; * EGRA: / our MGCN at the same thread count. EGRA's eval ratio is "
-        "to MGCN's reference. ckpt s: one synchronous checkpoint save; async: what the "
-        "training loop waits for with AsyncCheckpointIO. load: 1-min load average at the "
-        "case's start (2 cores)."
+        "sgemm: GFLOP/s of one 2048³ product in the case's process (CPU time). epoch s: wall median; cpu s: "
+        "process CPU time of the same epochs. plain: the same model work in a bare torch loop (CPU s); floor "
+        "(MGCN, EGRA): raw-feature projections + Adam alone (CPU s); every ratio is CPU time over CPU time. "
+        "eval /floor: one valid pass over its score products at the SGEMM rate. load: 1-min load average at "
+        "the case's start."
     )
 
 
@@ -414,9 +512,19 @@ def main() -> None:
         help="keep the output file's records of other (model, threads) cases, replace these",
     )
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="measure nothing: re-write the .md table next to the output JSON from that JSON",
+    )
     args = p.parse_args()
     if args.run_case:
         child_main(args.run_case)
+        return
+    if args.markdown:
+        src = Path(args.out) if args.out else DEFAULT_OUT
+        src.with_suffix(".md").write_text(markdown(json.loads(src.read_text())))
+        print(f"wrote {src.with_suffix('.md')}")
         return
 
     preset = args.preset or ("small" if args.quick else "baby")
@@ -461,7 +569,7 @@ def main() -> None:
     meta = {
         "epoch_measured_via": "lightning.Trainer.fit(RecommenderModule, RecDataModule), limit_val_batches=0",
         "eval_measured_via": "lightning.Trainer.validate (full ranking of all valid users)",
-        "reference_source": "MMRec timings measured on another machine (1 thread, 2-core CPU)",
+        "command": " ".join(["python", "bench/train_throughput.py", *sys.argv[1:]]),
         "cpu": _cpu_name(),
         "cores": os.cpu_count(),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -471,12 +579,13 @@ def main() -> None:
     records = [{**r, "meta": meta} for r in records]
     if args.merge and out.exists():
         records = _merge(json.loads(out.read_text()), records)
-    _add_reference(records)
+    add_ratios(records)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(records, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(records))
     print()
     print_table(records)
-    print(f"\nwrote {out}")
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
 
 
 def _merge(old: list[dict], new: list[dict]) -> list[dict]:

@@ -100,3 +100,55 @@ def test_mostpop_metrics_equals_dense_ranking():
     want = ranking_metrics(topk, torch.from_numpy(vu), torch.from_numpy(vi), n_items, ks=[5, 10])
     for key, value in want.items():
         assert got[key] == pytest.approx(value), key
+
+
+class _Fitted:
+    """A module as the guard sees it: the net, the last epoch's losses, the last evaluation's scale."""
+
+    def __init__(self, net, scale=0.5, losses=None):
+        self.net, self.eval_scale, self.train_epoch_loss = net, scale, dict(losses or {"train/loss": 0.6})
+
+
+@pytest.mark.parametrize(
+    ("scale", "losses", "needle"),
+    [
+        (float("nan"), None, "not finite (NaN or inf)"),
+        (float("inf"), None, "not finite (NaN or inf)"),
+        (2.0e5, None, "|x| = 2e+05 (> callbacks.collapse_guard.max_abs=10000)"),
+        (0.5, {"train/loss": float("nan"), "train/loss_bpr": 0.7}, "training loss train/loss is not finite"),
+    ],
+)
+def test_divergence_stops_any_model(scale, losses, needle):
+    guard = CollapseGuard()
+    tr = _Trainer()
+    tr.current_epoch = 3
+    guard.on_validation_end(tr, _Fitted(_Net(n_layers=2), scale, losses))  # no contrastive term
+    assert tr.should_stop and guard.status == "diverged" and needle in guard.reason
+    assert "lower optim.optimizer.lr" in guard.reason
+    assert guard.state_dict()["status"] == "diverged"
+
+
+def test_healthy_values_and_the_last_epochs_without_validation():
+    guard = CollapseGuard(max_abs=100.0)
+    tr = _Trainer()
+    guard.on_validation_end(tr, _Fitted(_Net(n_layers=2), scale=99.0))
+    assert not tr.should_stop and guard.status is None
+    # epochs after the last validation: their loss is checked when the fit ends
+    guard.on_train_end(tr, _Fitted(_Net(n_layers=2), scale=99.0, losses={"train/loss": float("inf")}))
+    assert guard.status == "diverged" and "train/loss is not finite" in guard.reason
+    with pytest.raises(ValueError, match="max_abs"):
+        CollapseGuard(max_abs=0)
+
+
+def test_the_final_evaluation_never_changes_the_status():
+    guard = CollapseGuard()
+    tr = _Trainer()
+    tr.state = type("State", (), {"fn": "validate"})()
+    guard.on_validation_end(tr, _Fitted(_Net(n_layers=2), scale=float("nan")))
+    assert guard.status is None and not tr.should_stop
+
+
+def test_a_checkpoint_of_the_collapse_guard_before_statuses_reads_as_collapsed():
+    guard = CollapseGuard()
+    guard.load_state_dict({"reason": "collapsed at epoch 4: ...", "strikes": 3, "best": 0.1})
+    assert guard.status == "collapsed"

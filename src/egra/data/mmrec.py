@@ -6,7 +6,10 @@ one ``<modality>_feat.npy`` float matrix per modality whose row ``i`` describes 
 ``i``. ``n_users``/``n_items`` are ``max(id) + 1`` over the whole file, as in MMRec.
 
 Every problem with the files is reported as a one-line :class:`DataError` naming the
-file, the line (1-based, the header is line 1) or column, and what was expected.
+file, the line (1-based, the header is line 1) or column, and what was expected. Facts
+that do not stop a run get one warning line each: a modality file that is absent while
+another is there (which features are used), items with no train row (kept, as in MMRec).
+Empty fields at the end of a row (trailing tabs) are ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import csv
 import logging
 import os
 import re
+import stat
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -106,37 +110,61 @@ def load_mmrec(
     for m in modalities:
         if not isinstance(m, str) or not _MODALITY_RE.match(m):
             raise DataError(f"{root}: invalid modality name {_show(m)}; expected letters, digits, '_' or '-'")
-    if not root.exists():
-        raise DataError(f"{root}: dataset folder does not exist (expected a folder holding <name>.inter)")
-    if not root.is_dir():
-        hint = f"; pass its folder {root.parent}" if root.suffix == ".inter" else ""
-        raise DataError(f"{root}: expected a dataset folder, got a file{hint}")
+    kind = _kind(root)
+    if kind != "dir":
+        if kind == "missing":
+            raise DataError(f"{root}: dataset folder does not exist (expected a folder holding <name>.inter)")
+        if kind == "file":
+            hint = f"; pass its folder {root.parent}" if root.suffix == ".inter" else ""
+            raise DataError(f"{root}: expected a dataset folder, got a file{hint}")
+        raise DataError(f"{root}: {kind}; expected a dataset folder holding <name>.inter")
     name = name or _default_name(root)
     path = inter_path(root, name)
-    if not path.is_file():
+    kind = _kind(path)
+    if kind == "missing":
         raise DataError(
             f"{path}: interactions file not found; expected '{name}.inter' in {root}, "
             f"which holds: {_listing(root)}"
         )
+    if kind != "file":
+        kind = "is a directory, expected a file" if kind == "dir" else kind
+        raise DataError(f"{path}: {kind}; expected the tab-separated interactions file")
 
     users, items, split = _read_inter(path)
     n_users = int(users.max()) + 1
     n_items = int(items.max()) + 1
 
     features: dict[str, np.ndarray] = {}
+    absent: list[str] = []
     for m in modalities:
         fpath = feature_path(root, m)
-        if not fpath.exists():
+        kind = _kind(fpath)
+        if kind == "missing":
             if require_features:
                 raise DataError(
                     f"{fpath}: feature file for modality '{m}' not found (require_features=True); "
                     f"{root} holds: {_listing(root)}"
                 )
+            absent.append(m)
             continue
+        if kind != "file":
+            kind = "is a directory, expected a file" if kind == "dir" else kind
+            raise DataError(f"{fpath}: {kind}; expected a .npy float array [{n_items}, d]")
         features[m] = _load_features(fpath, n_items)
+    if absent and features:
+        # Some modalities but not all: say which features a model gets. With none at all the
+        # dataset is interactions-only, which ID models use as is (a model that needs
+        # features is refused by the config checks).
+        log.warning(
+            "%s: no %s; item features: %s only",
+            root,
+            ", ".join(feature_path(".", m).name for m in absent),
+            ", ".join(features),
+        )
 
     if filter_cold_users:
         users, items, split = _filter_cold_users(path, users, items, split, n_users)
+    _warn_items_without_train(path, items, split, n_items)
 
     return Interactions(
         name=name,
@@ -147,6 +175,50 @@ def load_mmrec(
         split=split,
         features=features,
         source=str(path),
+    )
+
+
+def _kind(path: Path) -> str:
+    """``"file"``, ``"dir"``, ``"missing"`` or why the path is neither (one line, no trailing period).
+
+    Never opens the path: a FIFO named ``<name>.inter`` would block the reader forever.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+        return "missing"
+    except PermissionError as e:
+        return f"cannot be accessed ({_one_line(e.strerror or e)}: check the permissions of its folders)"
+    except OSError as e:
+        return f"cannot be accessed ({_one_line(e)})"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    return "is not a regular file (a pipe, socket or device)"
+
+
+def _warn_items_without_train(path: Path, items: np.ndarray, split: np.ndarray, n_items: int) -> None:
+    """One warning line for items that appear only in valid/test rows.
+
+    MMRec keeps them (``n_items`` is ``max(id) + 1`` over the whole file and evaluation
+    ranks every item): they stay, counted in the metrics. Their ID embeddings never receive
+    a positive gradient, so only a model's features can rank them well.
+    """
+    in_train = np.zeros(n_items, dtype=bool)
+    in_train[items[split == TRAIN]] = True
+    held = ~in_train[items]
+    if not held.any():
+        return
+    cold = np.unique(items[held])
+    log.warning(
+        "%s: %d item(s) appear only in valid/test rows (e.g. itemID %d); kept and ranked, as in "
+        "MMRec: only features can score them",
+        path,
+        len(cold),
+        int(cold[0]),
     )
 
 
@@ -164,29 +236,54 @@ def _listing(root: Path, limit: int = 12) -> str:
 def _read_header(path: Path) -> list[str]:
     try:
         with open(path, "rb") as fh:
-            first = fh.readline()
+            head = fh.read(1 << 16)
     except OSError as e:
         raise DataError(f"{path}: cannot read file: {_one_line(e)}") from e
+    # Up to the first line end, whichever convention (\n, \r\n or an old Mac's \r).
+    first = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not first.strip():
-        what = "file is empty" if not first else "line 1 (header) is blank"
+        what = "file is empty" if not head else "line 1 (header) is blank"
         raise DataError(f"{path}: {what}; expected a tab-separated header with {', '.join(REQUIRED_COLUMNS)}")
     try:
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path} line 1: header is not valid UTF-8 ({_one_line(e)})") from e
-    cols = [c.strip() for c in text.rstrip("\r\n").split("\t")]
+        raise DataError(
+            f"{path} line 1: header is not valid UTF-8 ({_one_line(e)}){_encoding_hint(first)}"
+        ) from e
+    cols = [c.strip() for c in text.split("\t")]
+    while len(cols) > 1 and cols[-1] == "":
+        cols.pop()  # trailing tabs: empty fields at the end of a row are ignored
     found = ", ".join(repr(c) for c in cols)
     missing = [c for c in REQUIRED_COLUMNS if c not in cols]
     if missing:
-        hint = "; the file seems to have no header row" if all(_is_number(c) for c in cols) else ""
         raise DataError(
             f"{path} line 1: missing required column {', '.join(repr(c) for c in missing)}; "
-            f"header has {found} (tab-separated; required {', '.join(REQUIRED_COLUMNS)}){hint}"
+            f"header has {found} (tab-separated; required {', '.join(REQUIRED_COLUMNS)}){_header_hint(cols)}"
         )
     for c in REQUIRED_COLUMNS + OPTIONAL_COLUMNS:
         if cols.count(c) > 1:
             raise DataError(f"{path} line 1: column {c!r} appears {cols.count(c)} times in the header")
     return cols
+
+
+def _encoding_hint(first: bytes) -> str:
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "; the file looks UTF-16 encoded: save it as UTF-8"
+    if first.startswith(b"\x1f\x8b"):
+        return "; the file looks gzip-compressed: decompress it first"
+    return ""
+
+
+def _header_hint(cols: list[str]) -> str:
+    if all(_is_number(c) for c in cols):
+        return "; the file seems to have no header row"
+    if len(cols) == 1 and "," in cols[0]:
+        return "; the file seems comma-separated"
+    lower = {c.lower(): c for c in cols}
+    near = [
+        f"{lower[r.lower()]!r} for {r!r}" for r in REQUIRED_COLUMNS if r not in cols and r.lower() in lower
+    ]
+    return f"; names are case-sensitive ({', '.join(near)})" if near else ""
 
 
 def _is_number(s: str) -> bool:
@@ -199,18 +296,20 @@ def _is_number(s: str) -> bool:
 
 def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cols = _read_header(path)
+    n_fields = len(cols)
     # rating/timestamp are optional and, as in MMRec, not used; all columns are still
     # parsed so that a row with too many fields is caught.
     use = list(REQUIRED_COLUMNS)
     dtypes = {cols.index(c): "int64" for c in use}
 
-    def parse(nrows: int | None) -> pd.DataFrame:
+    def parse(nrows: int | None, width: int | None) -> pd.DataFrame:
         with warnings.catch_warnings():  # e.g. mixed-type optional columns: not our concern
             warnings.simplefilter("ignore")
             return pd.read_csv(
                 path,
                 sep="\t",
                 header=None,
+                names=list(range(width)) if width else None,
                 skiprows=1,
                 dtype=dtypes,
                 engine="c",
@@ -222,19 +321,22 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             )
 
     try:
-        frame = parse(None)
-    except DataError:
-        raise
+        frame = parse(None, None)
+        if frame.shape[1] != n_fields or frame[n_fields - 1].isna().any():
+            # Fields beyond the header (trailing tabs are fine, values are not) or a short
+            # row (the parser pads it with NaN): the line-by-line pass tells which.
+            raise _Recheck(f"{frame.shape[1]} columns for a {n_fields}-column header")
     except Exception as first_error:  # any pandas/parse failure: locate it precisely
-        n_rows = _diagnose(path, cols, use, first_error)
+        n_rows, width = _diagnose(path, cols, use, first_error)
         try:
-            frame = parse(n_rows)
+            frame = parse(n_rows, max(width, n_fields))
         except Exception as e:  # pragma: no cover - diagnose should have found it
             raise DataError(f"{path}: cannot parse file: {_one_line(e)}") from e
 
     if len(frame) == 0:
         raise DataError(f"{path}: no data rows after the header; expected one row per interaction")
-    frame.columns = [cols[i] for i in frame.columns]
+    frame = frame.iloc[:, :n_fields]
+    frame.columns = cols
     users = frame["userID"].to_numpy(dtype=np.int64)
     items = frame["itemID"].to_numpy(dtype=np.int64)
     labels = frame["x_label"].to_numpy(dtype=np.int64)
@@ -242,15 +344,23 @@ def _read_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.ascontiguousarray(users), np.ascontiguousarray(items), labels.astype(np.int8)
 
 
-def _diagnose(path: Path, cols: list[str], use: list[str], error: Exception) -> int:
-    """Find the first bad line after a fast parse failed; raise a DataError for it.
+class _Recheck(Exception):
+    """The fast parse succeeded but the rows need the line-by-line pass."""
 
-    Returns the number of data rows when the only issue is trailing blank lines.
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the parser's line ends (str.splitlines knows more)
+
+
+def _diagnose(path: Path, cols: list[str], use: list[str], error: Exception) -> tuple[int, int]:
+    """Find the first bad line after the fast parse failed; raise a DataError for it.
+
+    Returns the number of data rows (trailing blank lines are tolerated) and the most
+    fields a row has (rows may end in empty fields) when every row is fine.
     """
     n_fields = len(cols)
     try:
         with open(path, encoding="utf-8", newline="") as fh:
-            lines = fh.read().splitlines()
+            lines = _LINE_BREAK.split(fh.read())
     except UnicodeDecodeError as e:
         line_no = _line_of_offset(path, e.start)
         raise DataError(f"{path} line {line_no}: not valid UTF-8 text (byte offset {e.start})") from e
@@ -264,25 +374,30 @@ def _diagnose(path: Path, cols: list[str], use: list[str], error: Exception) -> 
     if n_rows == 0:
         raise DataError(f"{path}: no data rows after the header; expected one row per interaction")
     positions = {c: cols.index(c) for c in use}
+    width = n_fields
     for k in range(n_rows):
         line_no = k + 2
         raw = body[k]
         if not raw.strip():
             raise DataError(f"{path} line {line_no}: blank line; expected {n_fields} tab-separated fields")
         fields = raw.split("\t")
+        width = max(width, len(fields))
+        if len(fields) > n_fields and not "".join(fields[n_fields:]).strip():
+            fields = fields[:n_fields]  # trailing tabs
         if len(fields) != n_fields:
+            extra = " (values after the last column)" if len(fields) > n_fields else ""
             raise DataError(
                 f"{path} line {line_no}: expected {n_fields} tab-separated fields "
-                f"({', '.join(cols)}), found {len(fields)}"
+                f"({', '.join(cols)}), found {len(fields)}{extra}"
             )
         for c, j in positions.items():
             if not _is_integer(fields[j].strip()):
                 raise DataError(
                     f"{path} line {line_no}, column {c}: expected an integer, got {_show(fields[j])}"
                 )
-    if n_rows == len(body):
+    if n_rows == len(body) and width == n_fields and not isinstance(error, _Recheck):
         raise DataError(f"{path}: cannot parse file: {_one_line(error)}") from error
-    return n_rows
+    return n_rows, width
 
 
 def _is_integer(s: str) -> bool:
@@ -314,10 +429,12 @@ def _validate_ids(path: Path, users: np.ndarray, items: np.ndarray, labels: np.n
         bad = arr < 0
         if bad.any():
             k = _first(bad)
-            raise DataError(f"{path} line {k + 2}, column {col}: ids must be >= 0, got {arr[k]}")
+            raise DataError(f"{path} line {k + 2}, column {col}: expected an id >= 0, got {arr[k]}")
         if arr.max() >= _MAX_ID:
             k = _first(arr >= _MAX_ID)
-            raise DataError(f"{path} line {k + 2}, column {col}: id {arr[k]} is implausibly large")
+            raise DataError(
+                f"{path} line {k + 2}, column {col}: expected an id < 2**40 (ids are 0..N-1), got {arr[k]}"
+            )
     bad = (labels < 0) | (labels > 2)
     if bad.any():
         k = _first(bad)
@@ -388,9 +505,10 @@ def _load_features(path: Path, n_items: int) -> np.ndarray:
     except OSError as e:
         raise DataError(f"{path}: cannot read feature file: {_one_line(e)}") from e
     if magic != _NPY_MAGIC:
-        raise DataError(
-            f"{path}: not a .npy file (bad magic bytes); expected a float array saved with np.save"
-        )
+        what = "file is empty" if not magic else "not a .npy file (bad magic bytes)"
+        if magic.startswith(b"PK"):
+            what = "is a zip archive (np.savez?), not a .npy file"
+        raise DataError(f"{path}: {what}; expected a float array [{n_items}, d] saved with np.save")
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -404,7 +522,7 @@ def _load_features(path: Path, n_items: int) -> np.ndarray:
         raise DataError(f"{path}: corrupt or unreadable .npy file: {_one_line(e)}") from e
     if not isinstance(arr, np.ndarray):  # pragma: no cover - magic check rules out npz
         raise DataError(f"{path}: expected a single array, got {type(arr).__name__}")
-    if arr.dtype.kind != "f":
+    if arr.dtype.kind != "f" or arr.dtype.fields is not None:
         raise DataError(
             f"{path}: dtype {arr.dtype} is not a float type; expected a float array [{n_items}, d]"
         )
@@ -428,6 +546,12 @@ def _load_features(path: Path, n_items: int) -> np.ndarray:
         raise DataError(
             f"{path}: row {k} (item {k}), column {col} is {what}; all features must be finite "
             f"({int((~finite).sum())} bad rows)"
+        )
+    if not out.any():
+        # A placeholder, not features: its kNN graph would link items at random.
+        raise DataError(
+            f"{path}: every value is 0; expected informative features (remove the file, or leave "
+            "its modality out of data.modalities, to train without it)"
         )
     return out
 

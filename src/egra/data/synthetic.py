@@ -50,6 +50,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from pathlib import Path
 
 import numpy as np
 
-from egra.data.interactions import TEST, TRAIN, VALID, Interactions
+from egra.data.interactions import TEST, TRAIN, VALID, DataError, Interactions
 from egra.data.mmrec import feature_path, load_mmrec, plain_file_mode, save_mmrec
 
 __all__ = [
@@ -74,6 +75,7 @@ __all__ = [
 
 GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -446,24 +448,54 @@ def _manifest_expect(cfg: SyntheticConfig, seed: int) -> dict:
     }
 
 
-def _complete(folder: Path, expect: dict) -> bool:
+# Why a folder is regenerated without a warning: nothing in it was damaged.
+_NEW, _UNFINISHED = "not generated yet", "no manifest (an unfinished write)"
+_OTHER, _OLD = "written by another generator version or preset", "manifest from before checksums"
+_EXPECTED = (_NEW, _UNFINISHED, _OTHER, _OLD)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _damage(folder: Path, expect: dict) -> str | None:
+    """Why ``folder`` is not a complete copy of the dataset ``expect`` describes, or None.
+
+    Complete: the manifest (written last) matches preset, seed and generator version, and
+    every file it lists has its recorded size and sha256 -- a flipped byte is caught like
+    in every other cached artifact, not passed on as a different dataset.
+    """
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError):
-        return False
+    except FileNotFoundError:
+        return _NEW if not folder.exists() else _UNFINISHED
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest ({type(e).__name__})"
     if not isinstance(manifest, dict) or any(manifest.get(k) != v for k, v in expect.items()):
-        return False
+        return _OTHER
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
-        return False
-    for fname, size in files.items():
+        return "manifest lists no files"
+    for fname, entry in files.items():
+        if not isinstance(entry, dict):
+            return _OLD
         p = folder / fname
         try:
-            if p.stat().st_size != size:
-                return False
-        except OSError:
-            return False
-    return True
+            if p.stat().st_size != entry.get("bytes"):
+                return f"{fname} has another size than its manifest records"
+            if _sha256(p) != entry.get("sha256"):
+                return f"{fname} does not match its manifest (sha256)"
+        except OSError as e:
+            return f"{fname} is unreadable ({_one_line(e)})"
+    return None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 @contextlib.contextmanager
@@ -485,40 +517,57 @@ def ensure_synthetic(root_dir: str | os.PathLike, preset: str | SyntheticConfig,
     """Materialise ``<root_dir>/synthetic-<preset>-s<seed>/`` in MMRec format; return it.
 
     An existing folder is reused when its manifest (written last) matches the preset,
-    seed and generator version and all listed files have their recorded sizes;
-    otherwise the dataset is generated and written again. ``load_mmrec(path)`` then
+    seed and generator version and all listed files have their recorded sizes and
+    sha256; otherwise the dataset is generated and written again (a damaged file is named
+    in one warning line). Reuse takes no lock, so a complete read-only copy serves too; a
+    damaged one that cannot be rewritten is a :class:`DataError`. ``load_mmrec(path)`` then
     returns the same arrays as ``generate(preset, seed)``.
     """
     cfg = _config(preset)
     folder = Path(root_dir) / dataset_name(cfg, seed)
     expect = _manifest_expect(cfg, seed)
-    if _complete(folder, expect):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    with _folder_lock(folder):
-        if _complete(folder, expect):  # another process finished it meanwhile
-            return folder
-        with contextlib.suppress(FileNotFoundError):
-            (folder / MANIFEST).unlink()
-        full = generate_full(cfg, seed)
-        data = full.data
-        ipath = save_mmrec(data, folder, ratings=full.ratings, timestamps=full.timestamps)
-        fpaths = [feature_path(folder, m) for m in data.features]
-        manifest = {
-            **expect,
-            "name": data.name,
-            "fingerprint": data.fingerprint(),
-            "counts": data.summary(),
-            "files": {p.name: p.stat().st_size for p in [ipath, *fpaths]},
-        }
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST}.", suffix=".tmp")
+    why = _damage(folder, expect)
+    if why is None:
+        return folder  # reading needs no lock: a read-only (published) copy is reusable
+    if why not in _EXPECTED:
+        log.warning("%s: %s; regenerating it", folder, why)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(folder):
+            if _damage(folder, expect) is None:  # another process finished it meanwhile
+                return folder
+            _write(folder, cfg, seed, expect)
+    except OSError as e:
+        raise DataError(f"{folder}: {why}, and it cannot be regenerated there: {_one_line(e)}") from e
+    return folder
+
+
+def _write(folder: Path, cfg: SyntheticConfig, seed: int, expect: dict) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        (folder / MANIFEST).unlink()
+    full = generate_full(cfg, seed)
+    data = full.data
+    ipath = save_mmrec(data, folder, ratings=full.ratings, timestamps=full.timestamps)
+    fpaths = [feature_path(folder, m) for m in data.features]
+    manifest = {
+        **expect,
+        "name": data.name,
+        "fingerprint": data.fingerprint(),
+        "counts": data.summary(),
+        "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in [ipath, *fpaths]},
+    }
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MANIFEST}.", suffix=".tmp")
+    try:
         with os.fdopen(fd, "w") as fh:
             json.dump(manifest, fh, indent=1, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, plain_file_mode())
         os.replace(tmp, folder / MANIFEST)
-    return folder
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def load_synthetic(

@@ -579,6 +579,7 @@ def analyse(
                     "overrides",
                 )
             },
+            "models": list(cfg.models),  # the order of the tables (JSON objects keep none)
             "test": "two-sided paired t-test over evaluation seeds",
             "correction": "Holm over every p-value of the table",
             "bootstrap": {
@@ -615,12 +616,14 @@ def _params_text(params: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     """``compare.md``: protocol header, primary endpoint, secondary endpoints, selection, compute."""
     p = result["protocol"]
-    models = result["models"]
+    models = _ordered(result)
     seeds = p["eval_seeds"]
     prov = result.get("provenance", {})
     data = "data seed = evaluation seed" if p["vary_data"] else f"data seed {p['data_seed']} for every run"
     lines = [
         f"# Comparison on `{result['label']}`",
+        "",
+        *headline(result),
         "",
         "## Protocol",
         "",
@@ -715,8 +718,47 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ordered(result: dict[str, Any]) -> dict[str, Any]:
+    """The models of a result in the study's order."""
+    models = result["models"]
+    return {m: models[m] for m in result["protocol"].get("models", list(models))}
+
+
+def headline(result: dict[str, Any]) -> list[str]:
+    """``## Headline``: the primary endpoint of every model, and the reference's difference to
+    each with its interval and Holm-adjusted p (what a summary quotes)."""
+    p, models = result["protocol"], _ordered(result)
+    ref, metric = p["reference"], p["endpoint"]
+    tests = {t["comparison"].split(" vs ", 1)[1]: t for t in result["tests"] if t["endpoint"] == metric}
+    base = models[ref]["summary"][metric]["mean"]
+    rows = []
+    for label, r in models.items():
+        s = r["summary"][metric]
+        t = tests.get(label)
+        b = (t or {}).get("bootstrap")
+        rows.append(
+            [
+                label,
+                render.fmt_mean_std(s["mean"], s["std"]),
+                render.fmt_percent(s["mean"] / base - 1) if t else "reference",
+                f"[{b['ci_low']:+.4f}, {b['ci_high']:+.4f}]" if b else "—",
+                render.fmt_p(t["p_holm"]) if t else "—",
+            ]
+        )
+    return [
+        "## Headline",
+        "",
+        f"{metric} (primary endpoint), mean ± std over evaluation seeds "
+        f"{', '.join(map(str, p['eval_seeds']))}; each model against {ref}: its difference to {ref} "
+        f"relative to {ref}, the {100 * p['bootstrap']['level']:g}% interval of {ref} − model "
+        "(users within seeds) and the Holm-adjusted p of the paired t-test over seeds.",
+        "",
+        render.table(["model", metric, f"vs {ref}", f"CI of {ref} − model", "p (Holm)"], rows),
+    ]
+
+
 def _endpoint_section(result: dict[str, Any], metric: str) -> list[str]:
-    models, p = result["models"], result["protocol"]
+    models, p = _ordered(result), result["protocol"]
     seeds = p["eval_seeds"]
     best = max(
         (

@@ -398,7 +398,7 @@ def write_report(p: Plan, title: str, command: str = "") -> list[Path]:
     if bad:
         lines += ["Runs that did not finish normally:", ""]
         for r in bad:
-            why = r.error or (r.metrics or {}).get("collapse") or ""
+            why = r.error or (r.metrics or {}).get("status_reason") or (r.metrics or {}).get("collapse") or ""
             lines.append(
                 f"- {r.status}: {r.setting.section} / {r.setting.label}, seed {r.seed} "
                 f"(`{r.job_dir.relative_to(p.out)}`){': ' + str(why) if why else ''}"

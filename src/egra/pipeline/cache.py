@@ -84,12 +84,15 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def validate(path: Path, required: Sequence[str] = ()) -> dict[str, Any] | None:
+def validate(path: Path, required: Sequence[str] = (), warn: bool = True) -> dict[str, Any] | None:
     """The manifest if the artifact at ``path`` is complete and intact, else None.
 
     Intact: every ``required`` file is listed, every listed file matches its sha256 and the
     shape the manifest records (metadata is checked against the arrays, never just trusted).
+    What is wrong is logged as one warning line unless ``warn`` is false (a second look at
+    an artifact already reported).
     """
+    report = log.warning if warn else log.debug
     mpath = path / MANIFEST
     if not mpath.exists():
         return None
@@ -97,21 +100,19 @@ def validate(path: Path, required: Sequence[str] = ()) -> dict[str, Any] | None:
         manifest = json.loads(mpath.read_text())
         missing = [name for name in required if name not in manifest["files"]]
         if missing:
-            log.warning("artifact %s: manifest lists no %s", path, ", ".join(f"{m}.npy" for m in missing))
+            report("artifact %s: manifest lists no %s", path, ", ".join(f"{m}.npy" for m in missing))
             return None
         for name, digest in manifest["files"].items():
             fpath = path / f"{name}.npy"
             if not fpath.exists() or _sha256(fpath) != digest:
-                log.warning("artifact %s: %s.npy is missing or does not match its manifest", path, name)
+                report("artifact %s: %s.npy is missing or does not match its manifest", path, name)
                 return None
             shape = list(np.load(fpath, mmap_mode="r", allow_pickle=False).shape)
             if manifest["shapes"][name] != shape:
-                log.warning(
-                    "artifact %s: %s.npy has shape %s, its manifest says otherwise", path, name, shape
-                )
+                report("artifact %s: %s.npy has shape %s, its manifest says otherwise", path, name, shape)
                 return None
     except (OSError, ValueError, KeyError, TypeError) as err:
-        log.warning("artifact %s: unreadable manifest (%s)", path, err)
+        report("artifact %s: unreadable manifest (%s)", path, err)
         return None
     return manifest
 
@@ -123,9 +124,9 @@ class ArtifactCache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / key
 
-    def get(self, kind: str, key: str, required: Sequence[str] = ()) -> Artifact | None:
+    def get(self, kind: str, key: str, required: Sequence[str] = (), warn: bool = True) -> Artifact | None:
         path = self.path(kind, key)
-        manifest = validate(path, required)
+        manifest = validate(path, required, warn)
         return Artifact(path, manifest, reused=True) if manifest is not None else None
 
     def put(self, kind: str, key: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> Artifact:
@@ -147,7 +148,7 @@ class ArtifactCache:
         write_json(tmp / MANIFEST, manifest)  # written last: its presence means "complete"
         if path.exists():
             # Complete means holding every array this writer has: a copy that lost one is replaced.
-            theirs = validate(path, required=tuple(arrays))
+            theirs = validate(path, required=tuple(arrays), warn=False)
             if theirs is not None:
                 # Another writer finished first with the same key: same inputs, keep theirs.
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -172,7 +173,16 @@ class ArtifactCache:
         return art
 
     def _locked(self, kind: str, key: str, build: Builder, required: Sequence[str] = ()) -> Artifact:
-        """Reuse or build under the artifact's file lock (one builder per key at a time)."""
+        """Reuse or build under the artifact's file lock (one builder per key at a time).
+
+        A complete artifact is reused without the lock: it is renamed into place whole and
+        never changed afterwards, and a read-only (shared, published) cache has no room for
+        a lock file.
+        """
+        found = self.get(kind, key, required)
+        if found is not None:
+            log.info("reusing %s artifact %s", kind, found.path)
+            return found
         lock = self.root / kind / f".{key}.lock"
         lock.parent.mkdir(parents=True, exist_ok=True)
         with open(lock, "w") as handle:
@@ -185,7 +195,7 @@ class ArtifactCache:
                 log.info(
                     "lock on %s artifact %s acquired after %.1fs", kind, key, time.perf_counter() - t_wait
                 )
-            found = self.get(kind, key, required)
+            found = self.get(kind, key, required, warn=False)  # built meanwhile? (damage is reported)
             if found is not None:
                 log.info("reusing %s artifact %s", kind, found.path)
                 return found

@@ -29,8 +29,8 @@ def evaluate(
     """The flat metrics dict of a fitted run: valid/test on the best weights, fit summary,
     ``extra_metrics`` and, given the ``time.perf_counter()`` the run ``started`` at,
     ``wall_time_s``. Every number goes to the fit's loggers as the run's final values.
-    ``status`` is ``"collapsed"`` (and ``collapse`` says why) when the collapse guard
-    stopped the fit, else ``"ok"``. On one device the per-user test metrics are saved to
+    ``status`` is ``fitted.status`` (``egra.pipeline.fit.STATUSES``); when it is not ``"ok"``
+    ``status_reason`` says why (and, for ``"collapsed"``, ``collapse`` as before). On one device the per-user test metrics are saved to
     ``fitted.out_dir / PER_USER_FILE`` (for paired tests across models).
 
     Under DDP every rank scores its own users and the sums are all-reduced, so every rank
@@ -59,9 +59,11 @@ def evaluate(
             "git_revision": git_revision(),
         }
     )
-    metrics["status"] = "collapsed" if fitted.collapse else "ok"
-    if fitted.collapse:
-        metrics["collapse"] = fitted.collapse
+    metrics["status"] = fitted.status
+    if fitted.reason:
+        metrics["status_reason"] = fitted.reason
+    if fitted.status == "collapsed":
+        metrics["collapse"] = fitted.reason
     metrics.update(extra_metrics or {})
     if started is not None:
         metrics["wall_time_s"] = round(time.perf_counter() - started, 3)

@@ -17,7 +17,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from egra.data import DataError
 from egra.metrics import popularity_groups
+from egra.pipeline.checkpoints import LAST, checkpoint_plugins, damage, newest_intact, remove_partial_writes
 from egra.pipeline.history import keep_csv_history
 from egra.training.callbacks import CollapseGuard, FitClock
 from egra.training.module import RecommenderModule
@@ -26,6 +28,10 @@ log = logging.getLogger(__name__)
 
 # Keys of a model config that configure its training recipe, not its constructor.
 RECIPE_KEYS = ("lr_decay", "init")
+#: ``status`` of a run in metrics.json: ``ok``; ``collapsed`` / ``diverged`` (the collapse
+#: guard stopped the fit, ``egra.training.callbacks.CollapseGuard``); ``no_validation`` (no
+#: validation ran, so nothing chose the weights that were tested).
+STATUSES = ("ok", "collapsed", "diverged", "no_validation")
 #: ``model.init``: ``scratch`` (the constructor's initialisation) or ``backbone`` (start from
 #: the weights of the backbone ``S^pt`` came from, wherever name and shape agree).
 INITS = ("scratch", "backbone")
@@ -103,7 +109,9 @@ class Fitted:
     fit_s: float
     loggers: list = field(default_factory=list)
     out_dir: Path | None = None  # the run directory (per-user test metrics go there)
-    collapse: str | None = None  # the collapse guard's reason when it stopped the fit
+    #: metrics.json's ``status``: ``ok``, or what went wrong (:data:`STATUSES`) and ``reason``
+    status: str = "ok"
+    reason: str | None = None
 
 
 def _callbacks(cfg: DictConfig) -> list[L.Callback]:
@@ -117,18 +125,29 @@ def _loggers(cfg: DictConfig) -> list:
 
 
 def resolve_ckpt(cfg: DictConfig, out_dir: Path) -> str | None:
+    """The checkpoint ``cfg.ckpt_path`` resumes from. ``last``: ``checkpoints/last.ckpt`` of
+    ``out_dir``, or when it is damaged the newest intact checkpoint beside it (one warning
+    line; none intact: a fresh start). A named file must be an intact checkpoint."""
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
         return None
     if ckpt == "last":
-        last = out_dir / "checkpoints" / "last.ckpt"
-        if last.exists():
-            log.info("resuming from %s", last)
-            return str(last)
-        log.info("ckpt_path=last but %s does not exist yet: starting fresh", last)
+        ckpt_dir = out_dir / "checkpoints"
+        remove_partial_writes(ckpt_dir)
+        found, note = newest_intact(ckpt_dir)
+        if note is not None:
+            then = f"resuming from {found.name} instead" if found else "starting fresh"
+            log.warning("ckpt_path=last: %s; %s", note, then)
+        if found is not None:
+            if note is None:
+                log.info("resuming from %s", found)
+            return str(found)
+        if note is None:
+            log.info("ckpt_path=last but %s does not exist yet: starting fresh", ckpt_dir / LAST)
         return None
-    if not Path(ckpt).exists():
-        raise FileNotFoundError(f"ckpt_path={ckpt!r}: no such checkpoint file")
+    why = damage(ckpt)
+    if why is not None:
+        raise DataError(f"ckpt_path={ckpt}: {'no such checkpoint file' if why == 'missing' else why}")
     return str(ckpt)
 
 
@@ -157,7 +176,10 @@ def fit(
     ckpt_path = resolve_ckpt(cfg, out_dir)
     keep_csv_history(loggers, ckpt_path)  # issue 13 hook: the curve before a kill stays
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=[*_callbacks(cfg), *callbacks, clock], logger=loggers or False
+        cfg.trainer,
+        callbacks=[*_callbacks(cfg), *callbacks, clock],
+        logger=loggers or False,
+        plugins=checkpoint_plugins(cfg.trainer.get("plugins")),  # atomic checkpoint files
     )
     for lg in loggers:
         lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -169,5 +191,20 @@ def fit(
     # Read now: evaluating the best checkpoint restores the callbacks' state of that (earlier)
     # epoch, which predates a collapse.
     guard = next((c for c in trainer.callbacks if isinstance(c, CollapseGuard)), None)
-    collapse = guard.reason if guard is not None else None
-    return Fitted(trainer, module, best, int(best_epoch), epochs_run, fit_s, loggers, Path(out_dir), collapse)
+    status, reason = (guard.status, guard.reason) if guard is not None and guard.status else ("ok", None)
+    if status == "ok" and best_epoch < 0:
+        status, reason = "no_validation", _no_validation(cfg, epochs_run)
+        log.warning("%s", reason)
+    return Fitted(
+        trainer, module, best, int(best_epoch), epochs_run, fit_s, loggers, Path(out_dir), status, reason
+    )
+
+
+def _no_validation(cfg: DictConfig, epochs_run: int) -> str:
+    t = cfg.trainer
+    every = t.get("check_val_every_n_epoch", 1)
+    return (
+        f"no validation ran in {epochs_run} epoch(s) (trainer.check_val_every_n_epoch={every}, "
+        f"trainer.max_epochs={t.get('max_epochs')}): no best-valid checkpoint, valid and test "
+        "scores are the last epoch's weights"
+    )

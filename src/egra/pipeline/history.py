@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from egra.pipeline.checkpoints import newest_intact
+
 log = logging.getLogger(__name__)
 
 
@@ -30,11 +32,9 @@ def checkpoint_epoch(ckpt_path: str | Path) -> int | None:
 
 
 def resumable(work_dir: Path) -> Path | None:
-    """``<work_dir>/checkpoints/last.ckpt`` when it exists and loads, else None."""
-    last = Path(work_dir) / "checkpoints" / "last.ckpt"
-    if last.is_file() and checkpoint_epoch(last) is not None:
-        return last
-    return None
+    """The intact checkpoint under ``<work_dir>/checkpoints`` a resume would start from
+    (``last.ckpt``, else the newest intact other one), or None."""
+    return newest_intact(Path(work_dir) / "checkpoints")[0]
 
 
 def keep_csv_history(loggers: list, ckpt_path: str | None) -> None:

@@ -6,21 +6,27 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 #: Per-user test metrics of a run (``users``, ``Recall@K``, ``NDCG@K``), beside its metrics.json.
 PER_USER_FILE = "per_user_test.npz"
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same directory and ``os.replace``: never a half file."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write(fh)`` into a temporary file beside ``path``, then ``os.replace`` it there.
+
+    The temporary file is in the same directory, so the rename never crosses a filesystem:
+    ``path`` is the old file or the new one whole, never a part (a full disk or a kill
+    mid-write leaves the old one). The temporary file is removed on any error.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the mode a plain open() would (team-shared caches).
@@ -30,6 +36,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temp file in the same directory and ``os.replace``: never a half file."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def _umask() -> int:

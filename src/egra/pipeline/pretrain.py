@@ -40,8 +40,12 @@ BACKBONES = ("mgcn", "freedom", "lgmrec", "damrs", "lightgcn", "raw_features", "
 STATE_PREFIX = "state."
 
 
-class BackboneCollapsed(RuntimeError):
-    """The backbone's training tripped the collapse guard: nothing is exported."""
+class BackboneFailed(RuntimeError):
+    """The backbone's fit did not end ``ok`` (collapsed, diverged, never validated): nothing
+    is exported or cached."""
+
+
+BackboneCollapsed = BackboneFailed  # the name before other statuses existed
 
 
 def backbone_config(cfg: DictConfig, name: str) -> dict[str, Any]:
@@ -109,10 +113,11 @@ def _train_backbone(
         # No checkpoint to restore: validation, test and the export see the final epoch's weights.
         fitted = dataclasses.replace(fitted, best_path=None)
     metrics = evaluate(sub, dm, fitted)
-    if metrics.get("status") == "collapsed":
-        # Never cache a collapsed backbone: S^pt from it would be noise for every later run.
-        raise BackboneCollapsed(
-            f"backbone {name} {metrics['collapse']} (set under backbones.{name}.model); no embeddings exported"
+    if metrics.get("status", "ok") != "ok":
+        # Never cache a failed backbone: S^pt from it would be noise for every later run.
+        raise BackboneFailed(
+            f"backbone {name}: {metrics.get('status_reason') or metrics['status']} "
+            f"(set under backbones.{name}); no embeddings exported"
         )
     module = fitted.module
     net = module.net.cpu()

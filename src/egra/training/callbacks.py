@@ -82,38 +82,95 @@ def contrastive_weight_name(net) -> str | None:
 
 
 class CollapseGuard(L.Callback):
-    """Stops a run whose contrastive term has collapsed it, and says which weight to lower.
+    """Stops a run that has collapsed or diverged, says why, and names what to change.
 
-    The signature, checked once the weight has reached its full value (EGRA: after
-    ``lambda_warmup + P`` epochs; MGCN: from the start) and the run has taken
-    ``min_steps`` optimizer steps (a healthy run's BPR loss also starts at ``ln 2`` and
-    its Recall@20 below MostPop's), only for models with a contrastive term: for
-    ``patience`` validations in a row without a new best valid Recall@20, the BPR loss of
-    the last epoch is within ``bpr_tol`` (relative) of ``ln 2`` -- positives and
-    negatives score alike -- or valid Recall@20 is below MostPop's on the same split (a
-    slow but healthy start improves every epoch and never counts). Training then stops (the
-    best-valid checkpoint is still evaluated), one warning line names the weight and
-    what to try, and ``reason`` is set: the train stage writes ``status: collapsed``.
+    ``status`` (``None`` while healthy) is what the train stage writes to ``metrics.json``,
+    with ``reason`` (one line, also logged as one warning):
+
+    * ``diverged``, for every model: at a validation the user or item representations are
+      not finite or have grown beyond ``max_abs`` (their scores explode), or an epoch's
+      mean training loss is not finite (checked at every validation and once more when the
+      fit ends). The values come from the module's per-epoch and per-evaluation reductions
+      (``train_epoch_loss``, ``eval_scale``): nothing is added to a training step.
+    * ``collapsed``, for models with a contrastive term: checked once the weight has
+      reached its full value (EGRA: after ``lambda_warmup + P`` epochs; MGCN: from the
+      start) and the run has taken ``min_steps`` optimizer steps (a healthy run's BPR loss
+      also starts at ``ln 2`` and its Recall@20 below MostPop's): for ``patience``
+      validations in a row without a new best valid Recall@20, the BPR loss of the last
+      epoch is within ``bpr_tol`` (relative) of ``ln 2`` -- positives and negatives score
+      alike -- or valid Recall@20 is below MostPop's on the same split (a slow but healthy
+      start improves every epoch and never counts).
+
+    Training then stops; the best-valid checkpoint is still evaluated.
     """
 
-    BPR_KEY, SCORE_KEY = "train/loss_bpr", "valid/Recall@20"
+    BPR_KEY, SCORE_KEY, LOSS_KEY = "train/loss_bpr", "valid/Recall@20", "train/loss"
 
-    def __init__(self, patience: int = 3, bpr_tol: float = 0.01, mostpop: bool = True, min_steps: int = 100):
+    def __init__(
+        self,
+        patience: int = 3,
+        bpr_tol: float = 0.01,
+        mostpop: bool = True,
+        min_steps: int = 100,
+        max_abs: float = 1.0e4,
+    ):
         if patience < 1:
             raise ValueError(f"collapse_guard.patience must be >= 1, got {patience}")
+        if not max_abs > 0:
+            raise ValueError(f"collapse_guard.max_abs must be > 0, got {max_abs}")
         self.patience, self.bpr_tol, self.mostpop = int(patience), float(bpr_tol), bool(mostpop)
         self.min_steps = int(min_steps)
+        self.max_abs = float(max_abs)
+        self.status: str | None = None
         self.reason: str | None = None
         self.mostpop_score: float | None = None
         self._strikes = 0
         self._best = -math.inf
 
     def state_dict(self) -> dict:
-        return {"reason": self.reason, "strikes": self._strikes, "best": self._best}
+        return {"status": self.status, "reason": self.reason, "strikes": self._strikes, "best": self._best}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.reason, self._strikes = state_dict.get("reason"), int(state_dict.get("strikes", 0))
+        self.status = state_dict.get("status", "collapsed" if self.reason else None)
         self._best = float(state_dict.get("best", -math.inf))
+
+    def _stop(self, trainer, status: str, reason: str) -> None:
+        self.status, self.reason = status, reason
+        log.warning("%s", reason)
+        trainer.should_stop = True
+
+    def _divergence(self, trainer, pl_module) -> str | None:
+        """Why the run has diverged, or None."""
+        epoch = trainer.current_epoch
+        lr = "lower optim.optimizer.lr"
+        scale = getattr(pl_module, "eval_scale", None)
+        if scale is not None and not math.isfinite(scale):
+            return (
+                f"diverged at epoch {epoch}: the user/item representations are not finite (NaN or inf); {lr}"
+            )
+        if scale is not None and scale > self.max_abs:
+            return (
+                f"diverged at epoch {epoch}: the user/item representations reached |x| = {scale:.3g} "
+                f"(> callbacks.collapse_guard.max_abs={self.max_abs:g}), so their scores explode; {lr}"
+            )
+        losses = getattr(pl_module, "train_epoch_loss", None) or {}
+        bad = sorted(k for k, v in losses.items() if not math.isfinite(v))
+        if bad:
+            return f"diverged by epoch {epoch}: training loss {', '.join(bad)} is not finite; {lr}"
+        return None
+
+    @staticmethod
+    def _fitting(trainer) -> bool:
+        state = getattr(trainer, "state", None)
+        return state is None or getattr(state, "fn", "fit") == "fit"  # not the final evaluation
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # The last epochs may have had no validation: their training loss still counts.
+        if self.status is None:
+            why = self._divergence(trainer, pl_module)
+            if why is not None:
+                self._stop(trainer, "diverged", why)
 
     @staticmethod
     def _weight(net) -> tuple[str, float, int] | None:
@@ -137,8 +194,14 @@ class CollapseGuard(L.Callback):
         self.mostpop_score = mostpop_metrics(tu, ti, vu, vi, data.n_items, ks=(20,))["Recall@20"]
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.status is not None or not self._fitting(trainer):
+            return
+        why = self._divergence(trainer, pl_module)
+        if why is not None:
+            self._stop(trainer, "diverged", why)
+            return
         weight = self._weight(pl_module.net)
-        if trainer.sanity_checking or self.reason is not None or weight is None:
+        if weight is None:
             return
         key, value, full_from = weight
         metrics = trainer.callback_metrics
@@ -160,12 +223,12 @@ class CollapseGuard(L.Callback):
         hint = f"model.{key}={value / 10:g}"
         if key == "lambda_max":
             hint += " or model.align_scale=chance"
-        self.reason = (
+        self._stop(
+            trainer,
+            "collapsed",
             f"collapsed at epoch {trainer.current_epoch}: {'; '.join(signs)} for {self.patience} "
-            f"validations; the contrastive weight model.{key}={value:g} dominates training: try {hint}"
+            f"validations; the contrastive weight model.{key}={value:g} dominates training: try {hint}",
         )
-        log.warning("%s", self.reason)
-        trainer.should_stop = True
 
 
 def _global_norm(grads) -> float:

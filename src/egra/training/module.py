@@ -17,6 +17,7 @@ mean loss, as on one device; logged training losses are row-weighted means over 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
@@ -173,6 +174,11 @@ class RecommenderModule(L.LightningModule):
         self._train_rows = 0
         self._prefix = "valid"  # the evaluation loop running ("valid" | "test"), set at its start
         self.per_user_test: dict[str, list[Tensor]] = {}
+        #: Mean of every training loss term over the last finished epoch (``train/loss``, ...).
+        self.train_epoch_loss: dict[str, float] = {}
+        #: Largest ``|x|`` of the user and item representations at the last evaluation: NaN
+        #: or inf when they are not finite (their metrics are then NaN, never scored).
+        self.eval_scale = 0.0
         #: Set by a callback that changes the model's item graph during training (GraphRefresh):
         #: checkpoints then carry the model's current ``S^pt``, and loading one restores it.
         self.item_graph_in_checkpoint = False
@@ -204,8 +210,9 @@ class RecommenderModule(L.LightningModule):
                 return sum(p.sum() for p in self.net.parameters() if p.requires_grad) * 0.0
         out = self.net.loss(users, pos, neg)
         loss = out["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at epoch {self.current_epoch}")
+        # No finiteness check here: it would wait for the device every step. The epoch's
+        # summed losses carry a NaN/inf to on_train_epoch_end, where the collapse guard
+        # (training.callbacks.CollapseGuard) reads train_epoch_loss.
         # "term" -> train/loss_term; a key with a "/" ("align/weight_mean") is logged as is.
         # Epoch means weighted by batch size, as log(on_epoch=True, batch_size=B) gives, but
         # summed here and logged once per epoch: Lightning's per-step log() costs more than
@@ -229,9 +236,11 @@ class RecommenderModule(L.LightningModule):
             # Row-weighted means over all ranks. Every rank has the same keys: each one
             # saw at least one non-empty share (the first step's global batch >= world).
             packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
-        if packed[-1] > 0:
+        host = packed.tolist()  # the epoch's one wait for the device
+        if host[-1] > 0:
             means = {k: (v / packed[-1]).to(torch.float32) for k, v in zip(keys, packed[:-1])}
             self.log_dict(means, on_step=False, on_epoch=True)
+            self.train_epoch_loss = {k: v / host[-1] for k, v in zip(keys, host[:-1])}
         self._train_sums, self._train_rows = {}, 0
 
     def configure_optimizers(self):
@@ -249,6 +258,10 @@ class RecommenderModule(L.LightningModule):
         dtype = torch.promote_types(torch.promote_types(u.dtype, i.dtype), torch.float32)
         self._emb = (u.detach().to(dtype), i.detach().to(dtype))
         self._sums = {}
+        # One wait per evaluation: NaN propagates through amax, so a non-finite table shows.
+        self.eval_scale = float(torch.maximum(u.detach().abs().amax(), i.detach().abs().amax()))
+        if not math.isfinite(self.eval_scale):
+            self._emb = None  # nothing to rank: NaN scores would rank every held-out item first
 
     def _add(self, key: str, value: Tensor) -> None:
         value = value.detach().to(torch.float64)
@@ -293,6 +306,8 @@ class RecommenderModule(L.LightningModule):
         return rows, items, ranks
 
     def _eval_step(self, batch: dict) -> None:
+        if self._emb is None:  # representations not finite (see _start_eval): metrics are NaN
+            return
         # Scores and ranks in fp32 even under mixed precision: bf16 scores would tie items
         # that fp32 tells apart and move held-out items in the ranking.
         with torch.autocast(batch["users"].device.type, enabled=False):
@@ -336,6 +351,11 @@ class RecommenderModule(L.LightningModule):
         return eval_keys(self.ks, n_groups, self.group_ks)
 
     def _finish_eval(self, prefix: str) -> dict[str, float]:
+        if self._emb is None:
+            # Not finite (the same on every rank: nothing to reduce): every metric NaN, which
+            # the checkpoint callback ranks last and early stopping stops on.
+            self._score_buf, self._sums = None, {}
+            return {f"{prefix}/{m}@{k}": math.nan for m in METRICS for k in self.ks}
         keys = self._eval_key_list()
         unknown = set(self._sums) - set(keys)
         assert not unknown, f"evaluation produced keys outside the fixed list: {sorted(unknown)}"

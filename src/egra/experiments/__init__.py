@@ -1,0 +1,1 @@
+"""Studies over many runs; ``registry`` ties the docs to the results files under bench/results/."""
