@@ -76,7 +76,7 @@ BAD_SETTINGS = [
     (["model=freedom", "model.reg_weight=-1"], "model.reg_weight=-1"),
     (
         ["model=freedom", "model.knn_convention=lattice"],
-        "model.knn_convention='lattice': expected one of mgcn, freedom",
+        "model.knn_convention='lattice': expected one of mgcn, freedom, damrs",
     ),
     (["model=freedom", "model.knn_k=500"], "model.knn_k=500: expected < the 120 items"),
     (["model=freedom", "+model.cl_loss=0.1"], "model.cl_loss: not an argument of FREEDOM"),

@@ -30,7 +30,7 @@ from egra.data import DataError
 from egra.data.synthetic import PRESETS
 from egra.graphs import PT_NORMS
 from egra.graphs.knn import METHODS as KNN_METHODS
-from egra.graphs.knn import MODALITY_PRESETS
+from egra.graphs.knn import MODALITY_CONVENTIONS
 from egra.models.egra import ALIGN_ANCHORS, ALIGN_SCALES, ALIGN_VIEWS, MODALITY_INPUTS, RAMPS, WEIGHTING_MODES
 from egra.pipeline.fit import INITS, RECIPE_KEYS
 from egra.pipeline.graph import GRAPH_INITS, GRAPH_KEYS, SELF_SOURCE
@@ -148,12 +148,22 @@ MODEL_RULES: dict[str, Rule] = {
     "n_modality_layers": Int(ge=0),
     "n_mm_layers": Int(ge=0),
     "knn_k": Int(ge=1),
-    "knn_convention": Choice(*MODALITY_PRESETS),
+    "knn_convention": Choice(*MODALITY_CONVENTIONS),
+    "cooc_k": Int(ge=1),  # S^b (DA-MRS's co-interaction graph), built by the graph stage
+    "cooc_min_count": Int(ge=1),
     "mm_image_weight": Num(ge=0, le=1),
     "dropout": Num(ge=0, lt=1),
     "reg_weight": Num(ge=0),
     "reg_denominator": Num(gt=0),
     "cl_loss": Num(ge=0),
+    "cl_weight": Num(ge=0),
+    "kl_weight": Num(ge=0),
+    "neighbor_weight": Num(ge=0),
+    "alpha": Num(ge=0),
+    "keep_rate": Num(gt=0, le=1),
+    "n_hyper_layers": Int(ge=1),
+    "hyper_num": Int(ge=1),
+    "n_pseudo_pos": Int(ge=1),
     "tau": Num(gt=0),
     "tau_u": Num(gt=0),
     "tau_i": Num(gt=0),
@@ -196,6 +206,7 @@ DATA_ARGUMENTS = (
     "features",
     "modality_graphs",
     "item_graph",
+    "behavior_graph",
 )
 
 # Everything else, by dotted path; a missing key is skipped (configs may omit groups).
