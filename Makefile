@@ -125,7 +125,7 @@ format: $(STAMP) ## ruff format + autofix
 	$(BIN)/ruff format src tests bench tools
 	$(BIN)/ruff check --fix src tests bench tools
 
-data: $(STAMP) ## Place a real dataset: make data DATASET=baby|sports|clothing|elec
+data: $(STAMP) ## Place a real dataset: make data DATASET=baby|sports|clothing|elec|microlens
 	$(BIN)/python -m egra.data.fetch $(DATASET) --data-dir data $(ARGS)
 
 bench: $(STAMP) ## Run the benchmarks in bench/ (writes bench/results/*.json)

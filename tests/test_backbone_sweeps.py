@@ -26,7 +26,7 @@ def test_backbones_sweep_covers_every_backbone_and_each_job_is_valid():
     cfg, params = _sweep("backbones")
     assert str(cfg.hydra.mode).endswith("MULTIRUN") and cfg.model._target_ == "egra.models.EGRA"
     sources = params["graph.graph_source"]
-    assert sources == ["mgcn", "freedom", "lightgcn", "raw_features", "random"]
+    assert sources == ["mgcn", "freedom", "lgmrec", "damrs", "lightgcn", "raw_features", "random"]
     for s in sources:  # every job passes the checks run before any stage
         with initialize_config_dir(config_dir=CONF, version_base="1.3"):
             check_config(compose("train", overrides=["hparams_search=backbones", f"graph.graph_source={s}"]))

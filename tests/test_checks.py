@@ -158,7 +158,7 @@ def test_every_shipped_config_passes(tmp_path):
     """The checks reject nothing the project ships (every experiment, the pretrain entry)."""
     for exp in sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")):
         check_config(make_cfg(tmp_path, [f"experiment={exp}", "data.root=/unused"], tiny=False))
-    for model in ("bpr", "lightgcn", "mgcn", "freedom", "egra"):
+    for model in ("bpr", "lightgcn", "mgcn", "freedom", "lgmrec", "damrs", "egra"):
         check_config(make_cfg(tmp_path, [f"model={model}"]))
     check_config(make_cfg(tmp_path, ["model=egra", "graph.graph_source=none", "graph.k_pt=0"]))
     check_config(make_cfg(tmp_path, [], config_name="pretrain"))

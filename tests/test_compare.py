@@ -129,7 +129,7 @@ def test_compare_on_tiny_end_to_end_and_its_numbers(tmp_path, monkeypatch):
 
     models = result["models"]
     tuned = [m for m, r in models.items() if len(r["selection"]["candidates"]) > 1]
-    assert tuned == ["LightGCN", "MGCN", "FREEDOM", "EGRA"]  # the paper-settings row is not tuned
+    assert tuned == ["LightGCN", "MGCN", "FREEDOM", "LGMRec", "DA-MRS", "EGRA"]  # the paper row is not tuned
     for label in tuned:
         # every tuned model had the same budget: its defaults + 1 trial, on selection seed 100 only
         assert (out / "select" / label / "trials" / "0" / "metrics.json").is_file()
@@ -146,7 +146,7 @@ def test_compare_on_tiny_end_to_end_and_its_numbers(tmp_path, monkeypatch):
 
     # The numbers against a direct computation.
     tests = result["tests"]
-    assert len(tests) == 4 * 3 and [t["primary"] for t in tests[:3]] == [True, False, False]
+    assert len(tests) == 6 * 3 and [t["primary"] for t in tests[:3]] == [True, False, False]
     for t in tests:
         other = t["comparison"].split(" vs ", 1)[1]
         a, b = models["EGRA"]["per_seed"][t["endpoint"]], models[other]["per_seed"][t["endpoint"]]
@@ -180,7 +180,7 @@ def test_compare_on_tiny_end_to_end_and_its_numbers(tmp_path, monkeypatch):
         )
         assert f"[{lo:+.4f}, {hi:+.4f}]" in md
         checked += 1
-    assert checked == 8
+    assert checked == 12
 
     # A second call trains nothing and renders the same table; egra-report prints it.
     lines.clear()

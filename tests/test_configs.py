@@ -15,7 +15,7 @@ from egra.pipeline.graph import GraphSpec, build_graphs
 from tests.conftest import CONF_DIR, make_cfg
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
-REAL = ("baby", "sports", "clothing", "elec", "mmrec")
+REAL = ("baby", "sports", "clothing", "elec", "microlens", "mmrec")
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -27,14 +27,16 @@ def test_experiment_composes(tmp_path, name):
     )
 
 
-@pytest.mark.parametrize("model", ["bpr", "lightgcn", "mgcn", "freedom", "egra"])
+@pytest.mark.parametrize("model", ["bpr", "lightgcn", "mgcn", "freedom", "lgmrec", "damrs", "egra"])
 def test_models_instantiate_on_tiny(tmp_path, model):
     # Through the graph stage: a model that got an argument it does not take would fail here.
     cfg = make_cfg(tmp_path, [f"model={model}"] + (["graph.graph_source=none"] if model == "egra" else []))
     dm = instantiate(cfg.data)
     dm.setup()
     graphs = build_graphs(cfg, dm, GraphSpec.of(cfg.graph, cfg.model))
-    assert set(graphs.modality) == ({"image", "text"} if model in ("mgcn", "freedom", "egra") else set())
+    assert set(graphs.modality) == (
+        {"image", "text"} if model in ("mgcn", "freedom", "damrs", "egra") else set()
+    )
     net = build_net(cfg.model, dm, graphs.model_inputs())
     u, i = net.embeddings()
     assert u.shape == (dm.data.n_users, 64) and i.shape == (dm.data.n_items, 64)
@@ -57,7 +59,7 @@ def test_real_data_configs_point_at_data_dir(tmp_path, data):
 def test_pretrain_config_composes(tmp_path):
     cfg = make_cfg(tmp_path, ["backbone=lightgcn"], config_name="pretrain")
     assert cfg.backbone == "lightgcn" and cfg.task_name == "pretrain"
-    assert set(cfg.backbones) == {"mgcn", "freedom", "lightgcn", "raw_features", "random"}
+    assert set(cfg.backbones) == {"mgcn", "freedom", "lgmrec", "damrs", "lightgcn", "raw_features", "random"}
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")))

@@ -38,6 +38,7 @@ PNGS = (
 
 def test_dataset_names():
     assert dataset_overrides(CONF_DIR, "baby") == ["data=baby"]
+    assert dataset_overrides(CONF_DIR, "microlens") == ["data=microlens"]
     assert dataset_overrides(CONF_DIR, "tiny") == ["data=synthetic", "data.preset=tiny"]
     assert dataset_overrides(CONF_DIR, "synthetic-baby") == ["data=synthetic", "data.preset=baby"]
     with pytest.raises(ConfigError, match="expected a data config"):
@@ -56,6 +57,7 @@ def test_budgets_list_every_experiment_and_gate_missing_models(tmp_path):
         assert "freedom" in budget.overall.models
         has_freedom = (Path(CONF_DIR) / "model" / "freedom.yaml").is_file()
         assert ("freedom" in skipped) != has_freedom
+        assert {"lgmrec", "damrs"} <= set(budget.overall.models) and not {"lgmrec", "damrs"} & set(skipped)
         assert {s.param for s in found if s.param} == {
             "callbacks.alignment_schedule.lambda_min",
             "callbacks.alignment_schedule.lambda_max",
@@ -245,7 +247,7 @@ def test_backbone_epochs_caps_every_trained_backbone():
     budget = load(CONF_DIR, ["backbone_epochs=3", "max_epochs=null", "dataset=tiny"])
     out = common_overrides(budget, CONF_DIR)
     caps = sorted(o for o in out if o.startswith("backbones."))
-    assert caps == [f"backbones.{b}.max_epochs=3" for b in ("freedom", "lightgcn", "mgcn")]
+    assert caps == [f"backbones.{b}.max_epochs=3" for b in ("damrs", "freedom", "lgmrec", "lightgcn", "mgcn")]
 
 
 def test_dry_run_plans_and_names_missing_data(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""``egra-pretrain backbone=mgcn|freedom|lightgcn|raw_features|random``: build or reuse an embedding artifact."""
+"""``egra-pretrain backbone=mgcn|freedom|lgmrec|damrs|lightgcn|raw_features|random``: build or reuse an embedding artifact."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``make data DATASET=...``: place a real MMRec dataset and check it.
 
-MMRec distributes Baby, Sports, Clothing and Elec as folders (``<name>.inter``,
+MMRec distributes Baby, Sports, Clothing, Elec and MicroLens as folders (``<name>.inter``,
 ``image_feat.npy``, ``text_feat.npy``) on Google Drive, which has no stable direct-download
 URL. So this command does not guess one: with ``--url`` it downloads an archive you point
 it at (zip or tar, optionally checked against ``--sha256``) and unpacks it into
@@ -28,6 +28,7 @@ DATASETS = {
     "sports": "Amazon Sports (35,598 users, 18,357 items, 296,337 interactions)",
     "clothing": "Amazon Clothing (39,387 users, 23,033 items, 278,677 interactions)",
     "elec": "Amazon Electronics (192,403 users, 63,001 items, 1,689,188 interactions)",
+    "microlens": "MicroLens micro-videos (MMRec's release: cover-image and title features)",
 }
 SOURCE = "the MMRec repository's README (github.com/enoche/MMRec, section 'Data'): a Google Drive folder per dataset"
 FILES = ("{name}.inter", "image_feat.npy", "text_feat.npy")

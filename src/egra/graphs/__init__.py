@@ -9,6 +9,8 @@ from egra.graphs.adjacency import (
     sym_normalize,
     user_item_block,
 )
+from egra.graphs.consistency import consistent_knn_graphs
+from egra.graphs.cooccurrence import cooccurrence_counts, cooccurrence_graph
 from egra.graphs.knn import (
     graph_digest,
     graph_stats,
@@ -24,6 +26,9 @@ __all__ = [
     "PT_NORMS",
     "SparseOp",
     "bipartite_adjacency",
+    "consistent_knn_graphs",
+    "cooccurrence_counts",
+    "cooccurrence_graph",
     "enhanced_adjacency",
     "graph_digest",
     "graph_stats",

@@ -88,8 +88,12 @@ EGRA_PRETRAINED_GRAPH: Mapping[str, Any] = MappingProxyType(
 KNN_GRAPH_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {"mgcn": MGCN_MODALITY_GRAPH, "freedom": FREEDOM_MODALITY_GRAPH, "egra_pt": EGRA_PRETRAINED_GRAPH}
 )
-#: Presets of a modality graph ``S^m`` (self included, directed): what ``graph.knn_convention`` names.
+#: Presets of a modality graph ``S^m`` (self included, directed), each modality on its own.
 MODALITY_PRESETS = ("mgcn", "freedom")
+#: Modality graphs built from all modalities together (``egra.graphs.consistency``, DA-MRS's).
+JOINT_MODALITY_CONVENTIONS = ("damrs",)
+#: What ``graph.knn_convention`` names.
+MODALITY_CONVENTIONS = (*MODALITY_PRESETS, *JOINT_MODALITY_CONVENTIONS)
 
 
 # ----------------------------------------------------------------------------------------

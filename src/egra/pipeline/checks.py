@@ -48,6 +48,7 @@ DATA_ARGUMENTS = (
     "features",
     "modality_graphs",
     "item_graph",
+    "behavior_graph",
 )
 # Hydra's instantiate keys: not constructor arguments.
 HYDRA_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")

@@ -1,8 +1,13 @@
 """Stage: graph — every item-item graph a model trains on, built here and cached.
 
 * ``S^m``, one per modality: top-``knn_k`` cosine graph of the raw features, in MGCN's
-  convention (cosine-weighted; MGCN and EGRA) or FREEDOM's (binary edges, each ``1/k``),
-  as ``graph.knn_convention`` says (``egra.graphs.modality_graphs``);
+  convention (cosine-weighted; MGCN and EGRA), FREEDOM's (binary edges, each ``1/k``) or
+  DA-MRS's (binary, edges only between items every modality finds similar, built from all
+  modalities together), as ``graph.knn_convention`` says (``egra.graphs.modality_graphs``,
+  ``egra.graphs.consistent_knn_graphs``);
+* ``S^b``: the item-item co-interaction graph of the train split (DA-MRS): each item's
+  top-``cooc_k`` items by number of common users, at least ``cooc_min_count``, with those
+  counts as weights (``egra.graphs.cooccurrence_graph``);
 * ``S^pt``: top-``k_pt`` graph of a pretrained backbone's item vectors, self excluded,
   binary or cosine-weighted, symmetrised or directed (docs/method.md), for EGRA's
   enhanced behavior graph. With ``graph_source=self`` no backbone is pretrained: ``S^pt``
@@ -13,7 +18,8 @@
 Everything this stage reads is the ``graph`` config group: which graphs the model trains on
 (its file in ``conf/graph/model/``: ``graph.knn_k`` and ``graph.knn_convention`` for ``S^m``;
 ``graph.graph_source``, ``graph.k_pt``, ``graph.pt_symmetric``, ``graph.pt_weighted``,
-``graph.graph_refresh_every``, ``graph.graph_init`` for ``S^pt``; a trained backbone's
+``graph.graph_refresh_every``, ``graph.graph_init`` for ``S^pt``; ``graph.cooc_k``,
+``graph.cooc_min_count`` for ``S^b``; a trained backbone's
 are ``backbones.<name>.graph``) and how the neighbours are searched (FAISS method, device,
 chunking: :func:`search_options`). The model config holds constructor arguments only; the
 one model key read here is ``model.modalities`` (which ``S^m`` to build).
@@ -37,8 +43,16 @@ import numpy as np
 import scipy.sparse as sp
 from omegaconf import DictConfig
 
-from egra.graphs import graph_digest, knn_graph, modality_graphs, rank_device
-from egra.graphs.knn import resolve_device
+from egra.data.interactions import TRAIN
+from egra.graphs import (
+    consistent_knn_graphs,
+    cooccurrence_graph,
+    graph_digest,
+    knn_graph,
+    modality_graphs,
+    rank_device,
+)
+from egra.graphs.knn import JOINT_MODALITY_CONVENTIONS, resolve_device
 from egra.pipeline import dist
 from egra.pipeline.cache import Artifact, ArtifactCache, artifact_key
 from egra.pipeline.schema import GRAPH_INITS, NO_GRAPH, SELF_SOURCE
@@ -72,6 +86,8 @@ class GraphSpec:
     modalities: tuple[str, ...] | None = None
     refresh_every: int = 5  # graph_source=self: epochs between rebuilds of S^pt
     init: str = GRAPH_INITS[0]  # graph_source=self: S^pt before the first rebuild (GRAPH_INITS)
+    cooc_k: int | None = None  # S^b (co-interactions) with this k, or none
+    cooc_min_count: int = 2  # S^b: fewest common users of an edge
 
     @classmethod
     def of(cls, graph_cfg: Any, model_cfg: Any = None) -> GraphSpec:
@@ -89,6 +105,8 @@ class GraphSpec:
             modalities=tuple(mods) if mods else None,
             refresh_every=int(g.get("graph_refresh_every", 5)),
             init=str(g.get("graph_init", "raw_features")),
+            cooc_k=int(g["cooc_k"]) if g.get("cooc_k") is not None else None,
+            cooc_min_count=int(g.get("cooc_min_count", 2)),
         )
 
     @property
@@ -112,22 +130,28 @@ class Graphs:
     spec: GraphSpec = field(default_factory=GraphSpec)
     modality: dict[str, sp.csr_matrix] = field(default_factory=dict)
     pretrained: sp.csr_matrix | None = None
+    behavior: sp.csr_matrix | None = None  # S^b
     artifacts: dict[str, str] = field(default_factory=dict)  # graph name -> artifact key
     info: dict[str, Any] = field(default_factory=dict)
 
     def model_inputs(self) -> dict[str, Any]:
-        """Constructor arguments: ``modality_graphs`` (S^m) and/or ``item_graph`` (S^pt)."""
+        """Constructor arguments: ``modality_graphs`` (S^m), ``item_graph`` (S^pt) and/or
+        ``behavior_graph`` (S^b)."""
         out: dict[str, Any] = {}
         if self.spec.knn_k is not None:
             out["modality_graphs"] = self.modality
         if self.spec.source is not None:
             out["item_graph"] = self.pretrained
+        if self.spec.cooc_k is not None:
+            out["behavior_graph"] = self.behavior
         return out
 
     def matrices(self) -> dict[str, sp.csr_matrix]:
         named = {f"S^m/{m}": g for m, g in self.modality.items()}
         if self.pretrained is not None:
             named["S^pt"] = self.pretrained
+        if self.behavior is not None:
+            named["S^b"] = self.behavior
         return named
 
     def names(self) -> dict[str, dict[str, str]]:
@@ -199,23 +223,60 @@ def modality_graph_set(
     opts = search_options(cfg)
     cache = ArtifactCache(cfg.paths.artifact_dir)
     fingerprint = dm.data.fingerprint()
+    missing = [m for m in names if m not in feats]
+    if missing:
+        raise ValueError(f"modality {missing[0]!r} is not in the data's features {sorted(feats)}")
+    joint = spec.convention in JOINT_MODALITY_CONVENTIONS
+    built: dict[str, sp.csr_matrix] = {}
+
+    def build(m: str) -> sp.csr_matrix:
+        if not joint:
+            return modality_graphs({m: feats[m]}, spec.knn_k, preset=spec.convention, **opts)[m]
+        # Every modality's graph needs all of them: one pass builds them all, once.
+        if not built:
+            built.update(
+                consistent_knn_graphs(
+                    feats, spec.knn_k, names, chunk_size=opts["chunk_size"], device=opts["device"]
+                )
+            )
+        return built[m]
+
     graphs, keys = {}, {}
     for m in names:
-        if m not in feats:
-            raise ValueError(f"modality {m!r} is not in the data's features {sorted(feats)}")
-        params = {"graph": "S^m", "modality": m, "k": spec.knn_k, "convention": spec.convention}
-        key = artifact_key(dataset=fingerprint, **params, **_search_key(opts))
+        params: dict[str, Any] = {
+            "graph": "S^m",
+            "modality": m,
+            "k": spec.knn_k,
+            "convention": spec.convention,
+        }
+        if joint:
+            # Exact whatever graph.method says; the graph depends on the other modalities too.
+            params["with"] = names
+            search = {"search": "exact"}
+        else:
+            search = _search_key(opts)
+        key = artifact_key(dataset=fingerprint, **params, **search)
         if known is not None and known.artifacts.get(f"S^m/{m}") == key:
             graphs[m], keys[f"S^m/{m}"] = known.modality[m], key
             continue
-        art = _cached_graph(
-            cache,
-            key,
-            lambda m=m: modality_graphs({m: feats[m]}, spec.knn_k, preset=spec.convention, **opts)[m],
-            {**params, "dataset_fingerprint": fingerprint},
-        )
+        art = _cached_graph(cache, key, lambda m=m: build(m), {**params, "dataset_fingerprint": fingerprint})
         graphs[m], keys[f"S^m/{m}"] = _to_csr(art), key
     return graphs, keys
+
+
+def behavior_graph(cfg: DictConfig, dm, spec: GraphSpec) -> tuple[sp.csr_matrix, str]:
+    """``S^b``, the top-``cooc_k`` co-interaction graph of the train split, and its artifact key."""
+    fingerprint = dm.data.fingerprint()
+    params = {"graph": "S^b", "k": spec.cooc_k, "min_count": spec.cooc_min_count}
+    key = artifact_key(dataset=fingerprint, **params)
+    users, items = dm.data.pairs(TRAIN)
+    art = _cached_graph(
+        ArtifactCache(cfg.paths.artifact_dir),
+        key,
+        lambda: cooccurrence_graph(users, items, dm.data.n_items, spec.cooc_k, spec.cooc_min_count),
+        {**params, "dataset_fingerprint": fingerprint},
+    )
+    return _to_csr(art), key
 
 
 def pt_graph_builder(cfg: DictConfig, spec: GraphSpec) -> Callable[[np.ndarray], sp.csr_matrix]:
@@ -306,6 +367,8 @@ def build_graphs(
     if spec.knn_k is not None:
         out.modality, keys = modality_graph_set(cfg, dm, spec, known)
         out.artifacts.update(keys)
+    if spec.cooc_k is not None:
+        out.behavior, out.artifacts["S^b"] = behavior_graph(cfg, dm, spec)
     if spec.source is not None:
         # k_pt=0 is refused by egra.pipeline.checks; a caller that skips the checks still gets
         # metrics.json saying what was used: no S^pt.

@@ -1,6 +1,6 @@
 """Stage: pretrain — train a backbone and export its item (and user) vectors as an artifact.
 
-Backbones: ``mgcn`` / ``freedom`` / ``lightgcn`` (fitted like any model, ``egra.pipeline.fit``,
+Backbones: ``mgcn`` / ``freedom`` / ``lgmrec`` / ``damrs`` / ``lightgcn`` (fitted like any model, ``egra.pipeline.fit``,
 early-stopped on valid Recall@20, best-valid weights exported), ``raw_features``
 (concatenated L2-normalised modality features) and ``random`` (the control). The artifact
 key hashes the dataset fingerprint, the backbone's resolved config, the graphs it trains on
@@ -35,7 +35,7 @@ from egra.pipeline.load import load_data, setup_run
 from egra.pipeline.tables import metrics_table
 
 log = logging.getLogger(__name__)
-BACKBONES = ("mgcn", "freedom", "lightgcn", "raw_features", "random")
+BACKBONES = ("mgcn", "freedom", "lgmrec", "damrs", "lightgcn", "raw_features", "random")
 #: Artifact array names of a trained backbone's weights: ``state.<parameter name>``.
 STATE_PREFIX = "state."
 

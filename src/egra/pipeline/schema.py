@@ -39,7 +39,10 @@ def _choices(*values: Any) -> Any:
 PRESETS = constant("egra.data.synthetic", "PRESETS")
 DDP_BATCH_MODES = constant("egra.data.sampling", "DDP_BATCH_MODES")
 KNN_METHODS = constant("egra.graphs.knn", "METHODS")
-KNN_CONVENTIONS = constant("egra.graphs.knn", "MODALITY_PRESETS")
+KNN_CONVENTIONS = (
+    *constant("egra.graphs.knn", "MODALITY_PRESETS"),
+    *constant("egra.graphs.knn", "JOINT_MODALITY_CONVENTIONS"),
+)
 PT_NORMS = constant("egra.graphs.adjacency", "PT_NORMS")
 RAMPS = constant("egra.training.callbacks", "RAMPS")
 PRECISIONS = constant("egra.training.module", "SUPPORTED_PRECISIONS")
@@ -111,6 +114,14 @@ class ModelArgs(Targeted):
     reg_weight: NonNegFloat = None
     reg_denominator: PosFloat = None
     cl_loss: NonNegFloat = None
+    cl_weight: NonNegFloat = None
+    kl_weight: NonNegFloat = None
+    neighbor_weight: NonNegFloat = None
+    alpha: NonNegFloat = None
+    keep_rate: Annotated[float, Gt(0), Le(1)] = None
+    n_hyper_layers: PosInt = None
+    hyper_num: PosInt = None
+    n_pseudo_pos: PosInt = None
     tau: PosFloat = None
     tau_u: PosFloat = None
     tau_i: PosFloat = None
@@ -155,6 +166,8 @@ class ModelGraphs(Section):
     pt_weighted: bool = None
     graph_refresh_every: PosInt = None
     graph_init: _choices(*GRAPH_INITS) = None
+    cooc_k: PosInt = None
+    cooc_min_count: PosInt = None
 
     @model_validator(mode="after")
     def _k_pt_with_a_source(self):
@@ -166,8 +179,9 @@ class ModelGraphs(Section):
 
 
 #: Which keys of :class:`ModelGraphs` feed which constructor input: a model whose constructor
-#: takes ``modality_graphs`` needs ``knn_k``, one that takes ``item_graph`` needs ``graph_source``
-#: (the first key), and a model without the input takes none of them.
+#: takes ``modality_graphs`` needs ``knn_k``, one that takes ``item_graph`` needs ``graph_source``,
+#: one that takes ``behavior_graph`` (DA-MRS's ``S^b``) needs ``cooc_k`` (the first key), and a
+#: model without the input takes none of them.
 GRAPH_INPUTS = {
     "modality_graphs": ("knn_k", "knn_convention"),
     "item_graph": (
@@ -178,6 +192,7 @@ GRAPH_INPUTS = {
         "graph_refresh_every",
         "graph_init",
     ),
+    "behavior_graph": ("cooc_k", "cooc_min_count"),
 }
 
 
