@@ -99,7 +99,7 @@ def test_schema_choices_are_the_codes_own():
     from egra.data.sampling import DDP_BATCH_MODES
     from egra.data.synthetic import PRESETS
     from egra.graphs import PT_NORMS
-    from egra.graphs.knn import METHODS, MODALITY_PRESETS
+    from egra.graphs.knn import METHODS, MODALITY_CONVENTIONS
     from egra.models import egra as egra_model
     from egra.pipeline import schema
     from egra.training.callbacks import RAMPS
@@ -109,7 +109,7 @@ def test_schema_choices_are_the_codes_own():
     assert (schema.PT_NORMS, schema.KNN_METHODS, schema.KNN_CONVENTIONS) == (
         PT_NORMS,
         METHODS,
-        MODALITY_PRESETS,
+        MODALITY_CONVENTIONS,
     )
     assert schema.RAMPS == RAMPS and schema.PRECISIONS == SUPPORTED_PRECISIONS
     for name in ("WEIGHTING_MODES", "ALIGN_SCALES", "ALIGN_VIEWS", "ALIGN_ANCHORS", "MODALITY_INPUTS"):

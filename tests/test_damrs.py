@@ -328,8 +328,9 @@ def test_published_defaults_are_the_constructors_and_the_configs():
     for key, value in PUBLISHED.items():
         assert params[key].default == value, key
         assert conf[key] == value, key
-    for key, value in PUBLISHED_GRAPHS.items():  # graph-stage keys
-        assert conf[key] == value, key
+    graphs = OmegaConf.load(Path(CONF_DIR) / "graph" / "model" / "damrs.yaml")
+    for key, value in PUBLISHED_GRAPHS.items():  # the graph stage's keys
+        assert graphs[key] == value, key
     assert conf._target_ == "egra.models.DAMRS"
 
 
@@ -429,5 +430,5 @@ def test_tune_damrs_composes(tmp_path):
     cfg = _compose(["model=damrs", "data.preset=tiny", "hparams_search=tune_damrs"], tmp_path)
     assert cfg.model._target_ == "egra.models.DAMRS" and cfg.task_name == "tune_damrs"
     assert set(cfg.hydra.sweeper.params) == {
-        f"model.{k}" for k in ("kl_weight", "neighbor_weight", "n_ui_layers", "n_mm_layers", "knn_k")
-    }
+        f"model.{k}" for k in ("kl_weight", "neighbor_weight", "n_ui_layers", "n_mm_layers")
+    } | {"graph.knn_k"}
