@@ -120,7 +120,7 @@ BAD_SETTINGS: list[tuple[list[str], str] | tuple[list[str], str, str]] = [
     (["model=egra", "graph.knn_k=null"], "graph.knn_k=null: expected an integer >= 1"),
     (
         ["model=egra", "graph.graph_source=nope"],
-        "graph.graph_source='nope': expected one of freedom, lightgcn, mgcn",
+        "graph.graph_source='nope': expected one of ",
     ),
     (
         ["model=egra", "graph.graph_source=self", "graph.graph_refresh_every=0"],
