@@ -31,8 +31,6 @@ DOCS = reg.doc_files(ROOT)
 # Each leaves this list when it is re-run by a command that records itself; the test below
 # fails when one of them already records its command, so the list only shrinks.
 NO_COMMAND_YET = {
-    "bench/results/compare_small.md",
-    "bench/results/compare_cobuy.md",
     "bench/results/backbones_small/report.md",
     "bench/results/backbone_epochs_small/report.md",
     "bench/results/ddp_traffic.json",
@@ -222,3 +220,8 @@ def test_records_command(root: Path):
     assert reg.records_command(root / "bench/results/b.json")
     (root / "bench/results/c.json").write_text('{"x": [{"y": 1}]}', encoding="utf-8")
     assert not reg.records_command(root / "bench/results/c.json")
+    # a study's protocol names its command in a "Made by" bullet; a line merely mentioning one does not count
+    (root / "bench/results/d.md").write_text("## Protocol\n\n- Made by `egra-compare dataset=tiny` at commit abc\n")
+    assert reg.records_command(root / "bench/results/d.md")
+    (root / "bench/results/e.md").write_text("These tables were made by hand.\n")
+    assert not reg.records_command(root / "bench/results/e.md")

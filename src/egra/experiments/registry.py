@@ -394,7 +394,8 @@ def unbacked_numbers(text: str, root: Path, name: str = "<doc>") -> list[Unbacke
 def records_command(path: Path) -> bool:
     """Whether a results file says which command wrote it.
 
-    Markdown/text: a line starting with ``Command:``; JSON: a key ``command`` at any depth.
+    Markdown/text: a line starting with ``Command:`` or, as a study's provenance line has it,
+    ``- Made by `<command>```; JSON: a key ``command`` at any depth.
     """
     text = path.read_text(encoding="utf-8", errors="replace")
     if path.suffix == ".json":
@@ -410,7 +411,8 @@ def records_command(path: Path) -> bool:
             return has(json.loads(text))
         except json.JSONDecodeError:
             return False
-    return any(line.lstrip("*_ ").lower().startswith("command:") for line in text.split("\n"))
+    starts = ("command:", "made by `")
+    return any(line.lstrip("-*_ ").lower().startswith(starts) for line in text.split("\n"))
 
 
 def cited_files(docs: Iterable[Path], root: Path) -> list[Path]:
