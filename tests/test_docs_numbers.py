@@ -221,7 +221,9 @@ def test_records_command(root: Path):
     (root / "bench/results/c.json").write_text('{"x": [{"y": 1}]}', encoding="utf-8")
     assert not reg.records_command(root / "bench/results/c.json")
     # a study's protocol names its command in a "Made by" bullet; a line merely mentioning one does not count
-    (root / "bench/results/d.md").write_text("## Protocol\n\n- Made by `egra-compare dataset=tiny` at commit abc\n")
+    (root / "bench/results/d.md").write_text(
+        "## Protocol\n\n- Made by `egra-compare dataset=tiny` at commit abc\n"
+    )
     assert reg.records_command(root / "bench/results/d.md")
     (root / "bench/results/e.md").write_text("These tables were made by hand.\n")
     assert not reg.records_command(root / "bench/results/e.md")
