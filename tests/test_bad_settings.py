@@ -20,6 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from egra.cli.errors import EXIT_CONFIG
 from tests.conftest import make_cfg
@@ -275,6 +276,11 @@ def _cli(args: list[str], tmp_path: Path, prog: str = "egra.train") -> subproces
         ["trainer.accelerator=gpu"],
         ["model=egra", "callbacks.alignment_schedule.ramp=foo"],
         ["optim.optimizer._target_=torch.optim.Foo"],
+        # keys that moved out of `model` (Hydra alone would print its own multi-line error)
+        ["model=egra", "model.lambda_max=0.1"],
+        ["model=egra", "model.graph_source=lgmrec"],
+        ["model=freedom", "model.knn_k=5"],
+        ["model=mgcn", "model.lr_decay=0.9"],
     ],
     ids=" ".join,
 )
@@ -342,3 +348,21 @@ def test_16_mixed_on_a_cpu_is_one_warning_line_once(cfg_factory, caplog, capsys)
     printed = capsys.readouterr()
     lines = [line for line in (printed.out + printed.err).splitlines() if "16-mixed" in line]
     assert len(lines) == 1 and lines[0].startswith("trainer.precision=16-mixed on a CPU"), lines
+
+
+def test_moved_keys_are_no_built_in_models_argument():
+    """The command-line check refuses ``model.<key>`` for a key of another group, so no model
+    of the suite may take one of those keys itself."""
+    from egra.pipeline.checks import _elsewhere, moved_model_keys
+    from egra.pipeline.signatures import signature
+
+    targets = sorted(
+        {OmegaConf.load(p).get("_target_") for p in (ROOT / "conf" / "model").glob("*.yaml")} - {None}
+    )
+    assert len(targets) >= 6
+    for target in targets:
+        assert not set(signature(target).params) & set(_elsewhere()), target
+    assert moved_model_keys(["+model.lambda_max=1", "model.beta=1", "graph.knn_k=3"]) == []
+    assert moved_model_keys(["model.knn_k=3"]) == [
+        "model.knn_k: not a model argument; graph.knn_k is the setting"
+    ]

@@ -1,6 +1,6 @@
 """``python -m egra.train`` = ``egra-train``."""
 
-from egra.cli.train import main
+from egra.cli.train import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

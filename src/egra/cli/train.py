@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from omegaconf import DictConfig
 
 from egra.cli import config_dir, finish_wandb
 from egra.cli.console import drop_lightning_handlers, quiet_console
-from egra.cli.errors import ERROR_FILE, exit_code, exit_if_user_error, one_line
-from egra.pipeline.checks import check_config
+from egra.cli.errors import ERROR_FILE, EXIT_CONFIG, exit_code, exit_if_user_error, one_line
+from egra.pipeline.checks import check_config, moved_model_keys
 
 log = logging.getLogger(__name__)
 DEFAULT_OBJECTIVE = "valid/Recall@20"
@@ -113,5 +114,15 @@ def main(cfg: DictConfig) -> float | list[float] | None:
     return float(value) if value is not None else None
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The ``egra-train`` console script: Hydra's ``main`` after a look at the raw overrides for
+    keys that moved out of ``model`` (one line and exit 2, as for any bad setting)."""
+    moved = moved_model_keys(sys.argv[1:])
+    if moved:
+        print(f"egra-train: bad setting: {moved[0]}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CONFIG)
     main()
+
+
+if __name__ == "__main__":
+    cli()

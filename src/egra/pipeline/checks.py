@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +240,21 @@ def _signature(target: Any, key: str, errors: list[str], what: str = "a class"):
         hint = _did_you_mean(target.rpartition(".")[2], class_names(module)) if module else ""
         errors.append(f"{key}={target!r}: {err}{hint}; expected {what}")
         return None
+
+
+def moved_model_keys(argv: Sequence[str]) -> list[str]:
+    """Command-line overrides ``model.<key>=...`` of a key that lives in another group (the
+    graph stage's, the λ schedule's, the optimizer's): Hydra would refuse them with its own
+    multi-line error before any check runs, so they are named here, with where they belong.
+    ``+model.<key>`` (an explicit addition) is left to the constructor check."""
+    moved = _elsewhere()
+    out = []
+    for arg in argv:
+        key, eq, _ = arg.partition("=")
+        name = key.removeprefix("model.")
+        if eq and key.startswith("model.") and name in moved:
+            out.append(f"{key}: not a model argument; {moved[name]} is the setting")
+    return out
 
 
 def _elsewhere() -> dict[str, str]:
