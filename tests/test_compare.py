@@ -26,6 +26,7 @@ from egra.experiments.compare import (
     check,
     choose,
     load,
+    selection_line,
 )
 from egra.pipeline.checks import ConfigError
 from egra.pipeline.io import PER_USER_FILE
@@ -67,6 +68,13 @@ def test_choice_tie_break_and_ineligible_candidates():
     assert choose([cand("defaults", 0.3, 0.1), cand("a", 0.3, 0.1)], "valid/Recall@20") == 0
     # a collapsed candidate is never chosen, however high its score
     assert choose([cand("defaults", 0.2, 0.1), cand("a", 0.9, 0.5, "collapsed")], "valid/Recall@20") == 0
+
+
+def test_the_protocol_says_when_nothing_was_selected():
+    p = {"trials": 0, "selection_metric": "valid/Recall@20", "selection_seeds": [100], "tie_break": "x"}
+    assert selection_line(p) == "- Selection: none (`trials=0`): every model runs its shipped defaults."
+    line = selection_line({**p, "trials": 8})
+    assert "defaults + 8 Optuna trials" in line and "seed(s) 100" in line
 
 
 def test_backbone_takes_the_chosen_parameters_of_its_model():

@@ -629,6 +629,17 @@ def _params_text(params: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.', 1)[-1]}={render.fmt_value(v)}" for k, v in params.items())
 
 
+def selection_line(p: dict[str, Any]) -> str:
+    """The protocol's selection bullet (no selection step at all when there are no trials)."""
+    if not p["trials"]:
+        return "- Selection: none (`trials=0`): every model runs its shipped defaults."
+    return (
+        f"- Selection: each model's defaults + {p['trials']} Optuna trials (same budget for every tuned model) "
+        f"on {p['selection_metric']} of seed(s) {', '.join(map(str, p['selection_seeds']))}, "
+        f"disjoint from the evaluation seeds; ties: {p['tie_break']}."
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     """``compare.md``: protocol header, primary endpoint, secondary endpoints, selection, compute."""
     p = result["protocol"]
@@ -644,9 +655,7 @@ def markdown(result: dict[str, Any]) -> str:
         "## Protocol",
         "",
         f"- Models: {', '.join(models)}; reference: {p['reference']}.",
-        f"- Selection: each model's defaults + {p['trials']} Optuna trials (same budget for every tuned model) "
-        f"on {p['selection_metric']} of seed(s) {', '.join(map(str, p['selection_seeds']))}, "
-        f"disjoint from the evaluation seeds; ties: {p['tie_break']}.",
+        selection_line(p),
         f"- Evaluation: seeds {', '.join(map(str, seeds))} (training seed; {data}); test split read once, "
         "at each run's best-valid epoch.",
         f"- Primary endpoint, fixed before the run: **{p['endpoint']}**. Secondary: {', '.join(p['secondary']) or 'none'}.",
