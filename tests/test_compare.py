@@ -226,3 +226,14 @@ def test_reuse_links_an_identical_evaluation_run_of_another_comparison(tmp_path)
     launched.clear()
     study.evaluate("MGCN", [*planned[:3], "model.cl_loss=0.02"], {}, [0], "eval")  # another config
     assert len(launched) == 1
+    # a third study reusing only the second one follows its link to the run itself
+    cfg3 = load(
+        CONF_DIR,
+        ["dataset=tiny", "vary_data=true", f"reuse=[{tmp_path / 'mine'}]", f"out={tmp_path / 'third'}"],
+    )
+    third = Study(cfg3, CONF_DIR, echo=lambda _: None)
+    third._train = lambda overrides, log, multirun: launched.append(overrides) or 0
+    launched.clear()
+    third.evaluate("MGCN", planned[:3], {}, [0, 1], "eval")
+    assert not launched
+    assert (tmp_path / "third" / "eval" / "MGCN" / "seed1").readlink() == other / "eval" / "MGCN" / "seed1"

@@ -350,11 +350,12 @@ class Study:
         return sweep
 
     def _twin(self, planned: list[str], seed: int) -> Path | None:
-        """A finished evaluation run of a ``reuse`` directory launched with ``planned``."""
+        """A finished evaluation run of a ``reuse`` directory launched with ``planned`` (a run
+        that directory itself reused is followed to the run it links)."""
         for other in self.cfg.reuse:
             for d in sorted(Path(other).resolve().glob(f"eval/*/seed{seed}")):
-                if not d.is_symlink() and _up_to_date(d, planned):
-                    return d
+                if _up_to_date(d.resolve(), planned):
+                    return d.resolve()
         return None
 
     def second_trainings(self, label: str, own: list[str], params: dict[str, Any]) -> None:

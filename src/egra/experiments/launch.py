@@ -17,6 +17,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,7 +54,7 @@ def train(
     if task_function is not None:
         return _in_process(list(overrides), log_file, multirun, task_function, conf_dir)
     cmd = [sys.executable, "-m", "egra.train", *(["-m"] if multirun else []), *overrides]
-    with open(log_file, "a") as fh:
+    with open(log_file, "a") as fh, _sigterm_raises():
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=own_group, env=_env(env)
         )
@@ -67,21 +69,52 @@ def train(
             raise
 
 
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM to the study (``kill``, a scheduler ending it) raises SystemExit here, so the
+    job's whole process group is stopped as on Ctrl-C; by default Python would die at once and
+    leave the job and its parallel workers (Hydra's joblib launcher) training unseen."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _env(extra: dict[str, str] | None) -> dict[str, str] | None:
     return None if extra is None else {**os.environ, **extra}
 
 
 def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
     """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL what
-    is still alive after ``grace`` seconds."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+    of it is still alive after ``grace`` seconds. The whole group, not only ``proc``: workers of
+    a parallel launcher may outlive their parent."""
+    pgid = proc.pid
+
+    def alive() -> bool:
+        proc.poll()  # reap the leader, so that a finished one does not count
         try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
 
 
 def _in_process(
