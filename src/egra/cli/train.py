@@ -23,8 +23,8 @@ from omegaconf import DictConfig
 
 from egra.cli import config_dir, finish_wandb
 from egra.cli.console import drop_lightning_handlers, quiet_console
-from egra.cli.errors import ERROR_FILE, EXIT_CONFIG, exit_code, exit_if_user_error, one_line
-from egra.pipeline.checks import check_config, moved_model_keys
+from egra.cli.errors import ERROR_FILE, exit_code, exit_if_user_error, one_line
+from egra.pipeline.checks import ConfigError, check_config, moved_model_keys
 
 log = logging.getLogger(__name__)
 DEFAULT_OBJECTIVE = "valid/Recall@20"
@@ -119,8 +119,7 @@ def cli() -> None:
     keys that moved out of ``model`` (one line and exit 2, as for any bad setting)."""
     moved = moved_model_keys(sys.argv[1:])
     if moved:
-        print(f"egra-train: bad setting: {moved[0]}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_CONFIG)
+        exit_if_user_error("egra-train", ConfigError(moved[0]), None)
     main()
 
 

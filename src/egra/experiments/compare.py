@@ -353,9 +353,10 @@ class Study:
         """A finished evaluation run of a ``reuse`` directory launched with ``planned`` (a run
         that directory itself reused is followed to the run it links)."""
         for other in self.cfg.reuse:
-            for d in sorted(Path(other).resolve().glob(f"eval/*/seed{seed}")):
-                if _up_to_date(d.resolve(), planned):
-                    return d.resolve()
+            for link in sorted(Path(other).resolve().glob(f"eval/*/seed{seed}")):
+                run = link.resolve()
+                if _up_to_date(run, planned):
+                    return run
         return None
 
     def second_trainings(self, label: str, own: list[str], params: dict[str, Any]) -> None:
