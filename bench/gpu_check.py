@@ -26,7 +26,6 @@ and FAISS. A machine without them can install carried wheels: ``bench/gpu_check.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -311,27 +310,11 @@ def run_section(name: str, shared: Path, smoke: bool, faiss_gpu: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------- the driver
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def kill_group(pgid: int, leader: subprocess.Popen | None = None) -> bool:
+    """The study layer's group kill (SIGTERM, then SIGKILL after KILL_GRACE_S)."""
+    from egra.experiments.launch import kill_group as kill
 
-
-def kill_group(pgid: int) -> bool:
-    """SIGTERM, then SIGKILL, to a whole process group; True once nothing of it runs."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 2.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
-        end = time.monotonic() + wait
-        while time.monotonic() < end:
-            if not _group_alive(pgid):
-                return True
-            time.sleep(0.05)
-    return not _group_alive(pgid)
+    return kill(pgid, KILL_GRACE_S, leader)
 
 
 _RUNNING: dict[str, int] = {}  # the section's process group, for a signal to the driver
@@ -353,7 +336,7 @@ def run_in_group(cmd: list[str], timeout: float) -> tuple[int | None, str, bool]
         out, _ = proc.communicate(timeout=max(1.0, timeout))
         return proc.returncode, out, False
     except subprocess.TimeoutExpired:
-        kill_group(proc.pid)
+        kill_group(proc.pid, proc)
         out, _ = proc.communicate()
         return None, out, True
     finally:

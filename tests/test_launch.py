@@ -41,7 +41,7 @@ def test_kill_group_stops_a_worker_that_ignores_sigterm(tmp_path):
         time.sleep(0.1)
     worker = int(pid_file.read_text())
     assert _running(worker)
-    kill_group(proc, grace=1.0)
+    assert kill_group(proc.pid, grace=1.0, leader=proc)
     time.sleep(0.5)
     assert proc.poll() is not None
     assert not _running(worker), "the worker outlived its group's kill"

@@ -61,11 +61,11 @@ def train(
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            kill_group(proc) if own_group else proc.kill()
+            kill_group(proc.pid, leader=proc) if own_group else proc.kill()
             fh.write(f"\nkilled after {timeout:.0f}s (egra.experiments.launch timeout)\n")
             return TIMEOUT_STATUS
         except BaseException:  # Ctrl-C in the study: its jobs stop too
-            kill_group(proc) if own_group else proc.kill()
+            kill_group(proc.pid, leader=proc) if own_group else proc.kill()
             raise
 
 
@@ -92,29 +92,32 @@ def _env(extra: dict[str, str] | None) -> dict[str, str] | None:
     return None if extra is None else {**os.environ, **extra}
 
 
-def kill_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM the process group of ``proc`` (started with ``start_new_session``), SIGKILL what
-    of it is still alive after ``grace`` seconds. The whole group, not only ``proc``: workers of
-    a parallel launcher may outlive their parent."""
-    pgid = proc.pid
+def kill_group(pgid: int, grace: float = 10.0, leader: subprocess.Popen | None = None) -> bool:
+    """SIGTERM the whole process group ``pgid`` (a child started with ``start_new_session``),
+    SIGKILL what of it still runs after ``grace`` seconds; True once nothing of it runs. The
+    whole group, not only its leader: workers of a parallel launcher may outlive their parent.
+    ``leader`` (the group's ``Popen``) is reaped on the way, so its exit counts at once."""
 
     def alive() -> bool:
-        proc.poll()  # reap the leader, so that a finished one does not count
+        if leader is not None:
+            leader.poll()
         try:
             os.killpg(pgid, 0)
-            return True
-        except (ProcessLookupError, PermissionError):
+        except ProcessLookupError:
             return False
+        except PermissionError:
+            return True
+        return True
 
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=grace)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            if not alive():
+                return True
+            time.sleep(0.05)
+    return not alive()
 
 
 def _in_process(
